@@ -1,0 +1,92 @@
+"""The config tree: every group option composes, aliases resolve, validation catches ranges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from trainkit.cli import CONF_DIR
+from trainkit.config import check_targets, validate
+
+from .conftest import compose_config
+
+GROUP_OPTIONS = [
+    (group.name, option.stem)
+    for group in sorted(CONF_DIR.iterdir()) if group.is_dir()
+    for option in sorted(group.glob("*.yaml"))
+]
+
+
+def test_the_tree_has_one_group_per_concern() -> None:
+    groups = {g for g, _ in GROUP_OPTIONS}
+    assert {"data", "model", "optimizer", "scheduler", "trainer"} <= groups
+    options = {(g, o) for g, o in GROUP_OPTIONS}
+    for needed in [("optimizer", "sgd"), ("optimizer", "momentum"), ("optimizer", "adam"),
+                   ("scheduler", "none"), ("scheduler", "step"), ("scheduler", "cosine")]:
+        assert needed in options
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = compose_config([f"{group}={option}"])
+    assert validate(cfg) == []
+    assert OmegaConf.is_missing(cfg, "model") is False
+
+
+def test_lr_alias_overrides_the_optimizer_and_each_optimizer_has_its_own_default() -> None:
+    assert compose_config(["optimizer=adam", "lr=1e-3"]).optimizer.lr == pytest.approx(1e-3)
+    sgd = compose_config(["optimizer=sgd"])
+    assert sgd.optimizer.lr == pytest.approx(0.1) and sgd.lr == pytest.approx(0.1)
+    assert compose_config(["optimizer=momentum"]).optimizer.momentum == pytest.approx(0.9)
+    assert compose_config(["optimizer=sgd", "lr=0.02"]).optimizer.lr == pytest.approx(0.02)
+
+
+def test_trainer_aliases_win_over_presets() -> None:
+    fast = compose_config(["trainer=fast"])
+    assert fast.trainer.epochs == 1 and fast.epochs == 1
+    cfg = compose_config(["trainer=fast", "epochs=3", "batch_size=32", "seed=7", "device=cpu"])
+    t = cfg.trainer
+    assert (t.epochs, t.batch_size, t.seed, t.device) == (3, 32, 7, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=0", "lr=0.0: the learning rate must be > 0"),
+        ("lr=-0.1", "lr=-0.1: the learning rate must be > 0"),
+        ("batch_size=0", "batch_size=0: use a batch size >= 1"),
+        ("epochs=0", "epochs=0: train for at least one epoch"),
+        ("device=tpu", "device=tpu: choose auto, cpu, cuda or cuda:N"),
+        ("data.val_size=0", "data.val_size must be > 0"),
+        ("optimizer=momentum", None),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
+        ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+    ],
+)
+def test_validate_names_the_key_and_the_fix(override: str, message: str | None) -> None:
+    errors = validate(compose_config([override]))
+    if message is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_validate_reports_every_problem_at_once() -> None:
+    errors = validate(compose_config(["lr=-1", "batch_size=0", "epochs=0"]))
+    assert len(errors) == 3
+
+
+def test_targets_outside_torch_torchvision_trainkit_are_refused() -> None:
+    cfg = OmegaConf.create({"model": {"_target_": "os.system", "command": "true"},
+                            "optimizer": {"_target_": "torch.optim.SGD"}})
+    errors = check_targets(cfg)
+    assert errors == ["model._target_=os.system: only classes under torch., torchvision., "
+                      "trainkit. may be instantiated"]
+
+
+def test_every_yaml_has_a_comment_saying_what_it_is() -> None:
+    for group, option in GROUP_OPTIONS:
+        text = (Path(CONF_DIR) / group / f"{option}.yaml").read_text()
+        assert text.startswith("#"), f"{group}/{option}.yaml should open with a comment"

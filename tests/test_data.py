@@ -1,0 +1,128 @@
+"""Loading, splitting, batching and normalizing, on real Fashion-MNIST and generated CIFAR-10."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from trainkit import data
+from trainkit.errors import UserError
+
+from .conftest import SLICE_TEST, SLICE_TRAIN, write_cifar10, write_idx
+
+
+def data_cfg(root: Path, name: str = "fashion_mnist", **kw: object):
+    base = {"name": name, "root": str(root), "download": False, "val_size": 200,
+            "train_size": None, "test_size": None, "split_seed": 0,
+            "mean": [0.5] * (3 if name == "cifar10" else 1),
+            "std": [0.25] * (3 if name == "cifar10" else 1)}
+    return OmegaConf.create(base | kw)
+
+
+def test_fashion_mnist_loads_as_uint8_tensors_with_a_seeded_validation_split(
+    fmnist_slice: Path,
+) -> None:
+    d = data.load(data_cfg(fmnist_slice), torch.device("cpu"))
+    assert d.train.images.dtype == torch.uint8 and d.train.images.shape[1:] == (1, 28, 28)
+    assert (len(d.train), len(d.val), len(d.test)) == (SLICE_TRAIN - 200, 200, SLICE_TEST)
+    assert d.num_classes == 10 and d.input_shape == (1, 28, 28)
+    # Validation and training never share a sample, and together they are the training set.
+    rows = {bytes(x.numpy().tobytes()) for x in torch.cat([d.train.images, d.val.images])}
+    assert len(rows) == SLICE_TRAIN
+    # The split depends on split_seed alone.
+    again = data.load(data_cfg(fmnist_slice), torch.device("cpu"))
+    assert torch.equal(again.val.labels, d.val.labels)
+    other = data.load(data_cfg(fmnist_slice, split_seed=1), torch.device("cpu"))
+    assert not torch.equal(other.val.images, d.val.images)
+
+
+@pytest.mark.parametrize(("train_size", "expected"), [(0.5, 500), (300, 300), (None, 1000)])
+def test_train_size_takes_a_count_or_a_fraction(
+    fmnist_slice: Path, train_size: float | None, expected: int
+) -> None:
+    d = data.load(data_cfg(fmnist_slice, train_size=train_size), torch.device("cpu"))
+    assert len(d.train) == expected
+    assert len(d.val) == 200  # validation does not shrink with the training set
+
+
+def test_too_large_a_train_size_is_a_user_error(fmnist_slice: Path) -> None:
+    with pytest.raises(UserError, match=r"data.train_size=5000 asks for 5000 of 1000 samples: choose 1..1000"):
+        data.load(data_cfg(fmnist_slice, train_size=5000), torch.device("cpu"))
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        data.load(data_cfg(tmp_path), torch.device("cpu"))
+    assert str(e.value) == (f"fashion_mnist not found in {tmp_path}: run `apt-get install "
+                            "dataset-fashion-mnist`, or set data.root=DIR holding the four idx "
+                            ".gz files")
+
+
+def test_truncated_idx_file_is_reported_with_its_path(fmnist_slice: Path, tmp_path: Path) -> None:
+    for f in fmnist_slice.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    victim = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(victim.read_bytes())
+    victim.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz is truncated or corrupt"):
+        data.load(data_cfg(tmp_path), torch.device("cpu"))
+    victim.write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match=r"cannot be read .*reinstall the dataset files"):
+        data.load(data_cfg(tmp_path), torch.device("cpu"))
+
+
+def test_idx_round_trip(tmp_path: Path) -> None:
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "x.gz", array)
+    assert np.array_equal(data.read_idx(tmp_path / "x.gz"), array)
+
+
+def test_cifar10_reads_the_standard_python_batches(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path, n_train_per_batch=20, n_test=15)
+    d = data.load(data_cfg(tmp_path, name="cifar10", val_size=10), torch.device("cpu"))
+    assert d.input_shape == (3, 32, 32)
+    assert (len(d.train), len(d.val), len(d.test)) == (90, 10, 15)
+    # Test images come back in file order, rows reshaped channel-first.
+    with open(folder / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    expected = torch.from_numpy(raw[b"data"].reshape(-1, 3, 32, 32))
+    assert torch.equal(d.test.images, expected)
+    assert d.test.labels.tolist() == raw[b"labels"]
+
+
+def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path, n_train_per_batch=5, n_test=5)
+
+    class Exploit:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("pwned",))
+
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))
+    with pytest.raises(UserError, match=r"data_batch_3 is not a valid CIFAR-10 batch "
+                                        r"\(refusing to load builtins.print\)"):
+        data.load(data_cfg(tmp_path, name="cifar10", val_size=5), torch.device("cpu"))
+
+
+def test_normalizer_maps_uint8_to_standardized_floats() -> None:
+    images = torch.tensor([0, 128, 255], dtype=torch.uint8).view(3, 1, 1, 1)
+    out = data.Normalizer([0.5], [0.25], torch.device("cpu"))(images)
+    expected = (torch.tensor([0, 128, 255]) / 255.0 - 0.5) / 0.25
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.flatten(), expected)
+
+
+def test_batches_cover_every_sample_once_and_shuffle_by_generator() -> None:
+    split = data.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
+    plain = [y.tolist() for _, y in data.batches(split, 4)]
+    assert plain == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    shuffled = [y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))]
+    flat = torch.cat(shuffled)
+    assert sorted(flat.tolist()) == list(range(10)) and flat.tolist() != list(range(10))
+    again = torch.cat([y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))])
+    assert torch.equal(flat, again)

@@ -1,0 +1,95 @@
+"""Callbacks watch the loop at a few named events, in list order; they never change gradients.
+
+Events: on_fit_start, on_epoch_start, on_step_end (every step: keep it cheap, no syncs),
+on_epoch_end (with that epoch's metrics), on_fit_end (with the run's summary).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from trainkit import checkpoint
+
+if TYPE_CHECKING:
+    from trainkit.loop import FitState
+
+
+class Callback:
+    """No-op defaults; a callback overrides the events it cares about."""
+
+    def on_fit_start(self, state: FitState) -> None: ...
+    def on_epoch_start(self, state: FitState) -> None: ...
+    def on_step_end(self, state: FitState) -> None: ...
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None: ...
+    def on_fit_end(self, state: FitState, summary: dict) -> None: ...
+
+
+class TensorBoardLogger(Callback):
+    """Epoch curves under loss/*, acc/* and lr (x axis: epoch), train and val on one chart."""
+
+    def __init__(self, run_dir: Path, config_yaml: str) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.config_yaml = config_yaml
+
+    def on_fit_start(self, state: FitState) -> None:
+        # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
+        self.writer.add_custom_scalars({
+            "curves": {
+                "loss": ["Multiline", ["loss/train", "loss/val"]],
+                "accuracy": ["Multiline", ["acc/train", "acc/val"]],
+            }
+        })
+        self.writer.add_text("config", f"```yaml\n{self.config_yaml}\n```", 0)
+
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        epoch = metrics["epoch"]
+        for split in ("train", "val"):
+            self.writer.add_scalar(f"loss/{split}", metrics[f"{split}_loss"], epoch)
+            self.writer.add_scalar(f"acc/{split}", metrics[f"{split}_acc"], epoch)
+        self.writer.add_scalar("lr", metrics["lr"], epoch)
+        self.writer.add_scalar("perf/samples_per_s", metrics["samples_per_s"], epoch)
+        self.writer.flush()
+
+    def on_fit_end(self, state: FitState, summary: dict) -> None:
+        self.writer.add_scalar("loss/test", summary["test"]["loss"], state.epoch)
+        self.writer.add_scalar("acc/test", summary["test"]["acc"], state.epoch)
+        self.writer.close()
+
+
+class CSVLogger(Callback):
+    """metrics.csv: one row per epoch, written as each epoch ends, readable without TensorBoard."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(metrics))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in metrics.items()})
+
+
+class Checkpointer(Callback):
+    """checkpoints/last.pt after every epoch and best.pt when the monitored metric improves."""
+
+    def __init__(self, folder: Path, snapshot: Any, config: dict) -> None:
+        self.folder = folder
+        self.snapshot = snapshot  # () -> dict of model/optimizer/scheduler/RNG state
+        self.config = config
+
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        ckpt = {**self.snapshot(), "epoch": state.epoch, "step": state.step,
+                "metrics": metrics, "config": self.config}
+        checkpoint.save_atomic(ckpt, self.folder / "last.pt")
+        if state.improved:
+            checkpoint.save_atomic(ckpt, self.folder / "best.pt")
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,0 +1,226 @@
+"""Config schemas, the top-level aliases, and validation.
+
+Every key the code reads is declared here, so Hydra rejects a typo or a wrong type while it
+composes the config; `validate` then checks ranges and reports every problem at once.
+The YAML files in `conf/` pick a schema through their defaults list
+(`- /schema/optimizer/sgd@_here_`) and carry the commented values a user sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+# Top-level keys everybody sweeps, and the group key each one overrides when set.
+ALIASES = {
+    "lr": "optimizer.lr",
+    "epochs": "trainer.epochs",
+    "batch_size": "trainer.batch_size",
+    "seed": "trainer.seed",
+    "device": "trainer.device",
+}
+
+# _target_ prefixes a config may instantiate: anything else would be code execution.
+ALLOWED_TARGET_PREFIXES = ("torch.", "torchvision.", "trainkit.")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # fashion_mnist | cifar10
+    root: str | None = None  # folder with the dataset files; None: the system copy, then download
+    download: bool = True  # download into root (or ~/.cache/trainkit) when nothing is found
+    val_size: float = 5000  # carved from train: a count (>= 1) or a fraction (< 1)
+    train_size: float | None = None  # what is left for training: count, fraction, None = all
+    test_size: int | None = None  # evaluate on the first N test samples; None = all
+    split_seed: int = 0  # fixes which samples go to validation, whatever trainer.seed is
+    mean: list[float] = MISSING  # per-channel normalization, on the 0..1 scale
+    std: list[float] = MISSING
+
+
+@dataclass
+class MLPConfig:
+    _target_: str = "trainkit.models.MLP"
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class CNNConfig:
+    _target_: str = "trainkit.models.CNN"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 3
+    hidden: int = 128
+    activation: str = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    _convert_: str = "all"  # betas must reach torch as a tuple/list, not a ListConfig
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"
+    interval: str = "step"  # step the schedule after every optimizer `step` or every `epoch`
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    interval: str = "epoch"
+    step_size: int = 1  # in units of `interval`
+    gamma: float = 0.5
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    eta_min: float = 0.0  # the lr reached at the end of training
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    seed: int = 0
+    deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    channels_last: bool = True  # NHWC memory layout for 4-D batches: ~1.4x faster CNNs on CPU
+    max_steps_per_epoch: int | None = None  # cut epochs short, for debugging
+    log_every_n_steps: int = 50  # how often the progress bar syncs the running loss
+    monitor: str = "val_acc"  # metric that picks best.pt: val_acc (max) or val_loss (min)
+
+
+@dataclass
+class Config:
+    data: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    # Aliases: None keeps the group's own value (see ALIASES).
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    device: str | None = None
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore, where conf/*.yaml find them."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_config", node=Config)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/model", name="mlp", node=MLPConfig)
+    cs.store(group="schema/model", name="cnn", node=CNNConfig)
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
+    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
+    cs.store(group="schema/scheduler", name="none", node=SchedulerConfig)
+    cs.store(group="schema/scheduler", name="step", node=StepSchedulerConfig)
+    cs.store(group="schema/scheduler", name="cosine", node=CosineSchedulerConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+
+
+def apply_aliases(cfg: DictConfig) -> None:
+    """Copy each alias that is set into its group key, then show the value in effect in both."""
+    with open_dict(cfg):
+        for alias, path in ALIASES.items():
+            if cfg[alias] is not None:
+                OmegaConf.update(cfg, path, cfg[alias])
+            cfg[alias] = OmegaConf.select(cfg, path)
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Every range or consistency problem in a composed config, one line each."""
+    errors: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    lr = cfg.lr if cfg.lr is not None else cfg.optimizer.lr
+    need(lr > 0, f"lr={lr}: the learning rate must be > 0, e.g. lr=1e-3")
+    t = cfg.trainer
+    epochs = cfg.epochs if cfg.epochs is not None else t.epochs
+    batch_size = cfg.batch_size if cfg.batch_size is not None else t.batch_size
+    device = cfg.device if cfg.device is not None else t.device
+    need(epochs >= 1, f"epochs={epochs}: train for at least one epoch, e.g. epochs=5")
+    need(batch_size >= 1, f"batch_size={batch_size}: use a batch size >= 1, e.g. batch_size=128")
+    need(t.eval_batch_size >= 1, "trainer.eval_batch_size must be >= 1")
+    need(
+        device == "auto" or device == "cpu" or device.split(":")[0] == "cuda",
+        f"device={device}: choose auto, cpu, cuda or cuda:N",
+    )
+    need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")
+    need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
+    need(
+        t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
+        "trainer.max_steps_per_epoch must be >= 1 (or null)",
+    )
+    need(
+        t.monitor in ("val_acc", "val_loss"),
+        f"trainer.monitor={t.monitor}: choose val_acc or val_loss",
+    )
+
+    d = cfg.data
+    need(d.val_size > 0, "data.val_size must be > 0: a count (e.g. 5000) or a fraction (e.g. 0.1)")
+    need(
+        d.train_size is None or d.train_size > 0,
+        "data.train_size must be > 0: a count, a fraction in (0, 1], or null for all",
+    )
+    need(d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)")
+    need(len(d.mean) == len(d.std), "data.mean and data.std need one value per channel")
+    need(all(s > 0 for s in d.std), "data.std values must be > 0")
+
+    need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
+    opt = cfg.optimizer
+    need(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum must be in [0, 1)")
+    need(opt.get("weight_decay", 0) >= 0, "optimizer.weight_decay must be >= 0")
+    need(
+        cfg.scheduler.interval in ("step", "epoch"),
+        f"scheduler.interval={cfg.scheduler.interval}: choose step or epoch",
+    )
+    errors += check_targets(cfg)
+    return errors
+
+
+def check_targets(node: Any, path: str = "") -> list[str]:
+    """Refuse any _target_ outside torch, torchvision and trainkit, before anything is built."""
+    errors = []
+    if isinstance(node, DictConfig):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
+            errors.append(
+                f"{path}._target_={target}: only classes under "
+                f"{', '.join(ALLOWED_TARGET_PREFIXES)} may be instantiated"
+            )
+        for key in node:
+            errors += check_targets(node[key], f"{path}.{key}".lstrip("."))
+    return errors
+

@@ -1,0 +1,280 @@
+"""Datasets held whole on the run's device as uint8 tensors, split and batched there.
+
+Fashion-MNIST comes from its standard idx files, CIFAR-10 from its standard python batches.
+Each is looked for in `data.root`, then where the system keeps it, then downloaded with
+torchvision where a network exists. Batches are cut by index from the device-resident tensor
+and normalized on the device: no per-sample Python, no DataLoader.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from trainkit.errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CACHE_DIR = Path.home() / ".cache" / "trainkit"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, C, H, W] on the run's device
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    source: Path  # where the files were read from
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (idx files)
+
+
+def find_fashion_mnist(folder: Path) -> dict[str, Path] | None:
+    """The four idx files in `folder` (or torchvision's FashionMNIST/raw below it), if all there."""
+    for base in (folder, folder / "FashionMNIST" / "raw"):
+        found = {}
+        for key, stem in FASHION_MNIST_FILES.items():
+            candidates = [base / f"{stem}.gz", base / stem]
+            found[key] = next((p for p in candidates if p.is_file()), None)
+        if all(found.values()):
+            return found
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (optionally gzipped) as a uint8 array; a clear error if it is damaged."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        raw = bytearray(raw)  # writable, so torch.from_numpy needs no copy and warns of nothing
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path} cannot be read ({e}): reinstall the dataset files") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise UserError(f"{path} is not a uint8 idx file: reinstall the dataset files")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    values = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if values.size != int(np.prod(dims)):
+        raise UserError(
+            f"{path} is truncated or corrupt ({values.size} values, header says "
+            f"{int(np.prod(dims))}): reinstall the dataset files"
+        )
+    return values.reshape(dims)
+
+
+def load_fashion_mnist(files: dict[str, Path]) -> tuple[np.ndarray, ...]:
+    train_x, test_x = read_idx(files["train_images"]), read_idx(files["test_images"])
+    train_y, test_y = read_idx(files["train_labels"]), read_idx(files["test_labels"])
+    # idx images are [N, H, W]; add the channel axis.
+    return train_x[:, None], train_y, test_x[:, None], test_y
+
+
+# ---------------------------------------------------------------- CIFAR-10 (python batches)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads the CIFAR batches' dicts of numpy arrays and refuses anything that could run code."""
+
+    SAFE = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def find_cifar10(folder: Path) -> Path | None:
+    for base in (folder / CIFAR10_DIR, folder):
+        names = [*CIFAR10_TRAIN_BATCHES, "test_batch"]
+        if all((base / n).is_file() for n in names):
+            return base
+    return None
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as e:  # any damage: truncated pickle, wrong keys, wrong sizes
+        raise UserError(f"{path} is not a valid CIFAR-10 batch ({e}): reinstall it") from None
+    if len(images) != len(labels):
+        raise UserError(f"{path} has {len(images)} images but {len(labels)} labels: reinstall it")
+    return images, labels
+
+
+def load_cifar10(folder: Path) -> tuple[np.ndarray, ...]:
+    parts = [read_cifar_batch(folder / n) for n in CIFAR10_TRAIN_BATCHES]
+    test_x, test_y = read_cifar_batch(folder / "test_batch")
+    train_x = np.concatenate([x for x, _ in parts])
+    train_y = np.concatenate([y for _, y in parts])
+    return train_x, train_y, test_x, test_y
+
+
+# ---------------------------------------------------------------- finding and downloading
+
+
+DATASETS = {
+    # name: (find in a folder, load what was found, torchvision class for download, hint)
+    "fashion_mnist": (
+        find_fashion_mnist,
+        load_fashion_mnist,
+        "FashionMNIST",
+        "run `apt-get install dataset-fashion-mnist`, or set data.root=DIR holding the four "
+        "idx .gz files",
+    ),
+    "cifar10": (
+        find_cifar10,
+        load_cifar10,
+        "CIFAR10",
+        "set data.root=DIR holding cifar-10-batches-py/ (the python version from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html)",
+    ),
+}
+
+
+def search_folders(cfg: DictConfig) -> list[Path]:
+    if cfg.root is not None:
+        return [Path(cfg.root).expanduser()]
+    system = [DEBIAN_FASHION_MNIST] if cfg.name == "fashion_mnist" else []
+    return [*system, CACHE_DIR / cfg.name]
+
+
+def locate(cfg: DictConfig) -> object | None:
+    """What `find` returns for the first folder holding the dataset, or None."""
+    if cfg.name not in DATASETS:
+        raise UserError(f"data.name={cfg.name}: choose one of {', '.join(DATASETS)}")
+    find = DATASETS[cfg.name][0]
+    for folder in search_folders(cfg):
+        found = find(folder)
+        if found is not None:
+            return found
+    return None
+
+
+def missing_message(cfg: DictConfig) -> str:
+    hint = DATASETS[cfg.name][3]
+    where = ", ".join(str(p) for p in search_folders(cfg))
+    return f"{cfg.name} not found in {where}: {hint}"
+
+
+def download(cfg: DictConfig) -> object:
+    import torchvision.datasets
+
+    folder = search_folders(cfg)[-1]
+    dataset_class = getattr(torchvision.datasets, DATASETS[cfg.name][2])
+    try:
+        for train in (True, False):
+            dataset_class(root=str(folder), train=train, download=True)
+    except Exception as e:  # no network, a proxy, a full disk...
+        raise UserError(f"{missing_message(cfg)} (download failed: {e})") from None
+    found = DATASETS[cfg.name][0](folder)
+    if found is None:
+        raise UserError(missing_message(cfg))
+    return found
+
+
+# ---------------------------------------------------------------- splits and batches
+
+
+def _count(size: float | None, total: int, what: str) -> int:
+    """A count (>= 1) or a fraction (< 1) of `total`."""
+    if size is None:
+        return total
+    n = int(size) if size >= 1 else int(round(size * total))
+    if not 1 <= n <= total:
+        raise UserError(f"{what}={size} asks for {n} of {total} samples: choose 1..{total}")
+    return n
+
+
+def load(cfg: DictConfig, device: torch.device) -> Data:
+    """Read the dataset, carve validation from train with a fixed seed, move it to `device`."""
+    found = locate(cfg)
+    if found is None:
+        if not cfg.download:
+            raise UserError(missing_message(cfg))
+        found = download(cfg)
+    train_x, train_y, test_x, test_y = DATASETS[cfg.name][1](found)
+
+    n_val = _count(cfg.val_size, len(train_y) - 1, "data.val_size")
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, rest = order[:n_val], order[n_val:]
+    train_idx = rest[: _count(cfg.train_size, len(rest), "data.train_size")]
+    n_test = _count(cfg.test_size, len(test_y), "data.test_size")
+
+    def split(x: np.ndarray, y: np.ndarray, idx: torch.Tensor | slice) -> Split:
+        images = torch.from_numpy(np.ascontiguousarray(x))[idx]
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))[idx]
+        return Split(images.to(device), labels.to(device))
+
+    source = found if isinstance(found, Path) else Path(next(iter(found.values()))).parent
+    return Data(
+        train=split(train_x, train_y, train_idx),
+        val=split(train_x, train_y, val_idx),
+        test=split(test_x, test_y, slice(0, n_test)),
+        num_classes=int(train_y.max()) + 1,
+        source=source,
+    )
+
+
+class Normalizer:
+    """uint8 [N, C, H, W] -> float, (x/255 - mean) / std per channel, in one fused pass."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device,
+                 channels_last: bool = False) -> None:
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(dtype=torch.float32, memory_format=self.memory_format)
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) per batch; shuffled when a generator is given. The last may be short."""
+    n = len(split)
+    if generator is None:
+        for start in range(0, n, batch_size):
+            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        return
+    order = torch.randperm(n, generator=generator).to(split.labels.device)
+    for idx in order.split(batch_size):
+        yield split.images[idx], split.labels[idx]

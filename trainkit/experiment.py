@@ -1,0 +1,81 @@
+"""One training run, top to bottom: data -> model -> loss -> optimizer -> schedule -> callbacks
+-> fit -> test -> summary. `trainkit` (cli.py) calls `run` inside Hydra's run dir."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trainkit import console, data, runtime
+from trainkit.callbacks import Checkpointer, CSVLogger, TensorBoardLogger
+from trainkit.loop import evaluate, fit, steps_per_epoch
+from trainkit.schedule import build_scheduler
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary."""
+    start = time.perf_counter()
+    console.print_config(cfg)
+    device = runtime.setup(cfg.trainer)
+    dataset = data.load(cfg.data, device)
+    channels_last = cfg.trainer.channels_last and len(dataset.input_shape) == 3
+    normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device, channels_last)
+
+    model = instantiate(
+        cfg.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes
+    ).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    scheduler = build_scheduler(cfg.scheduler, optimizer,
+                                steps_per_epoch(len(dataset.train), cfg.trainer), cfg.trainer.epochs)
+
+    def snapshot() -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [
+        console.ProgressPrinter(),
+        TensorBoardLogger(run_dir, OmegaConf.to_yaml(cfg)),
+        CSVLogger(run_dir / "metrics.csv"),
+        Checkpointer(run_dir / "checkpoints", snapshot, resolved),
+    ]
+    state = fit(model, dataset, normalize, loss_fn, optimizer, scheduler, cfg.scheduler.interval,
+                cfg.trainer, callbacks)
+    test = evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
+
+    history = state.history
+    train_time = sum(m["train_time_s"] for m in history)
+    summary = {
+        "run_dir": str(run_dir),
+        "final": history[-1],
+        "best": state.best,
+        "test": test,
+        "epochs_run": len(history),
+        "wall_time_s": time.perf_counter() - start,
+        "train_samples_per_s": sum(m["samples_per_s"] * m["train_time_s"] for m in history)
+        / train_time,
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dataset": {"name": cfg.data.name, "source": str(dataset.source), "train": len(dataset.train),
+                    "val": len(dataset.val), "test": len(dataset.test)},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for cb in callbacks:
+        cb.on_fit_end(state, summary)
+    console.print_summary(summary)
+    return summary

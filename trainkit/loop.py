@@ -1,0 +1,167 @@
+"""The training loop: fit -> train_epoch -> evaluate, in plain code.
+
+Everything that changes the math happens here, where it can be read: forward, loss, backward,
+optimizer step, schedule step. Callbacks only watch (and may ask to stop).
+Metrics are summed on the device and read back once per log interval and once per epoch:
+`.item()` is a host/device sync point, so it never runs per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from trainkit.callbacks import Callback
+from trainkit.data import Data, Normalizer, Split, batches
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitState:
+    """What callbacks may read. The loop writes it; callbacks only set `stop`."""
+
+    epochs: int
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0  # optimizer steps so far
+    running_loss: float = float("nan")  # mean train loss this epoch, refreshed every log interval
+    history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
+    best: dict | None = None  # the history row with the best monitored metric
+    improved: bool = False  # this epoch set a new best
+    stop: bool = False
+
+
+def train_epoch(
+    model: nn.Module,
+    train: Split,
+    normalize: Normalizer,
+    loss_fn: LossFn,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    step_scheduler_every_step: bool,
+    batch_size: int,
+    generator: torch.Generator,
+    state: FitState,
+    callbacks: Sequence[Callback],
+    log_every: int,
+) -> dict[str, float]:
+    model.train()
+    device = train.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i, (images, labels) in enumerate(batches(train, batch_size, generator)):
+        if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
+            break
+        logits = model(normalize(images))
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None and step_scheduler_every_step:
+            scheduler.step()
+
+        state.step += 1
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum()
+        seen += len(labels)
+        if state.step % log_every == 0:
+            state.running_loss = loss_sum.item() / seen  # sync point, once per interval
+        for cb in callbacks:
+            cb.on_step_end(state)
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "samples": seen}
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, split: Split, normalize: Normalizer, loss_fn: LossFn, batch_size: int
+) -> dict[str, float]:
+    """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats)."""
+    model.eval()
+    device = split.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for images, labels in batches(split, batch_size):
+        logits = model(normalize(images))
+        loss_sum += loss_fn(logits, labels) * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum()
+    return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+
+
+def steps_per_epoch(n_train: int, trainer) -> int:  # noqa: ANN001 (the trainer config node)
+    steps = -(-n_train // trainer.batch_size)  # the last, short batch counts
+    if trainer.max_steps_per_epoch is not None:
+        steps = min(steps, trainer.max_steps_per_epoch)
+    return steps
+
+
+def is_better(metrics: dict, best: dict | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    if monitor.endswith("loss"):
+        return metrics[monitor] < best[monitor]
+    return metrics[monitor] > best[monitor]
+
+
+def fit(
+    model: nn.Module,
+    data: Data,
+    normalize: Normalizer,
+    loss_fn: LossFn,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    scheduler_interval: str,
+    trainer,  # noqa: ANN001 (the trainer config node)
+    callbacks: Sequence[Callback],
+) -> FitState:
+    """Train for trainer.epochs, evaluating on validation after each epoch."""
+    state = FitState(trainer.epochs, steps_per_epoch(len(data.train), trainer))
+    # Its own generator, so the batch order depends on the seed alone, not on what else ran.
+    generator = torch.Generator().manual_seed(trainer.seed)
+    for cb in callbacks:
+        cb.on_fit_start(state)
+
+    for epoch in range(1, trainer.epochs + 1):
+        state.epoch = epoch
+        lr = optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
+        for cb in callbacks:
+            cb.on_epoch_start(state)
+        start = time.perf_counter()
+        train = train_epoch(
+            model, data.train, normalize, loss_fn, optimizer, scheduler,
+            scheduler_interval == "step", trainer.batch_size, generator, state, callbacks,
+            trainer.log_every_n_steps,
+        )
+        train_time = time.perf_counter() - start
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        val = evaluate(model, data.val, normalize, loss_fn, trainer.eval_batch_size)
+
+        metrics = {
+            "epoch": epoch,
+            "step": state.step,
+            "lr": lr,
+            "train_loss": train["loss"],
+            "train_acc": train["acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "train_time_s": train_time,
+            "samples_per_s": train["samples"] / train_time,
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        state.history.append(metrics)
+        state.improved = is_better(metrics, state.best, trainer.monitor)
+        if state.improved:
+            state.best = metrics
+        for cb in callbacks:
+            cb.on_epoch_end(state, metrics)
+        if state.stop:
+            break
+    return state

@@ -1,0 +1,72 @@
+"""The process-wide settings a run needs before any tensor is made: device, seeds, threads,
+deterministic kernels, and the allocator."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from trainkit.errors import UserError
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; asking for cuda without it is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} but CUDA is not available here: use device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device={name} but only {torch.cuda.device_count()} GPU(s) exist: "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def setup(trainer: DictConfig) -> torch.device:
+    """Apply the trainer's process settings and return the device to run on."""
+    device = pick_device(trainer.device)
+    seed_everything(trainer.seed)
+    if trainer.threads is not None:
+        torch.set_num_threads(trainer.threads)
+    if trainer.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    keep_freed_memory()
+    return device
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc from returning large freed blocks to the OS after every batch.
+
+    Big activation buffers otherwise come back as fresh mmap pages that fault in on every use:
+    measured 2.3x slower large-batch evaluation on this machine class (shared/PERF-NOTES.md).
+    Same effect as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>, but without a re-exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or another libc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
