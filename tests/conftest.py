@@ -13,11 +13,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trainkit.cli import CONF_DIR
-from trainkit.config import apply_aliases, register_schemas
+from trainkit.config import CONF_DIR, apply_aliases, register_schemas
 from trainkit.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, find_fashion_mnist, read_idx
 
 SLICE_TRAIN, SLICE_TEST = 1200, 400
+GROUP_OPTIONS = [
+    (group.name, option.stem)
+    for group in sorted(CONF_DIR.iterdir()) if group.is_dir()
+    for option in sorted(group.glob("*.yaml"))
+]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -68,10 +72,11 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def small_overrides(fmnist_root: Path) -> list[str]:
-    """A run that takes a second or two: the slice, 200 of it for validation, small models."""
+def small_overrides(fmnist_root: Path, model: str = "mlp") -> list[str]:
+    """A run that takes a second or two: the slice, 200 of it for validation, a small model."""
+    model_size = {"mlp": ["model.hidden=[64]"], "cnn": ["model.channels=[8,16]", "model.hidden=32"]}
     return [f"data.root={fmnist_root}", "data.val_size=200", "data.download=false",
-            "epochs=2", "batch_size=100"]
+            "epochs=2", "batch_size=100", f"model={model}", *model_size[model]]
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from trainkit.cli import CONF_DIR
-from trainkit.config import check_targets, validate
+from trainkit.config import CONF_DIR, check_targets, validate
 
-from .conftest import compose_config
+from .conftest import GROUP_OPTIONS, compose_config
 
-GROUP_OPTIONS = [
-    (group.name, option.stem)
-    for group in sorted(CONF_DIR.iterdir()) if group.is_dir()
-    for option in sorted(group.glob("*.yaml"))
-]
 
 
 def test_the_tree_has_one_group_per_concern() -> None:

@@ -23,11 +23,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit import data
-from trainkit.config import apply_aliases, register_schemas, validate
+from trainkit import data, runtime
+from trainkit.config import CONF_DIR, apply_aliases, register_schemas, validate
 from trainkit.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MAX_PREFLIGHT_JOBS = 64  # larger sweeps are checked value by value instead of job by job
 
 
@@ -35,7 +34,7 @@ def main() -> None:
     register_schemas()
     args = hydra._internal.utils.get_args_parser().parse_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
-        errors = preflight(args.overrides)
+        errors = preflight(args.overrides, args.multirun)
         if errors:
             for line in errors:
                 print(f"trainkit: error: {line}", file=sys.stderr)
@@ -64,13 +63,17 @@ def hydra_app(cfg: DictConfig) -> float:
 # ---------------------------------------------------------------- pre-flight validation
 
 
-def preflight(overrides: list[str]) -> list[str]:
+def preflight(overrides: list[str], multirun: bool) -> list[str]:
     """Compose and validate every job the overrides describe; all the problems, one line each."""
     app_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
+        parsed = OverridesParser.create().parse_overrides(app_overrides)
         jobs = expand_sweeps(app_overrides)
     except Exception as e:  # the override syntax itself is wrong
         return [first_line(e)]
+    sweeps = [text for o, text in zip(parsed, app_overrides, strict=True) if o.is_sweep_override()]
+    if sweeps and not multirun:
+        return [f"{sweeps[0]} lists several values: add -m to sweep them (trainkit -m ...)"]
     errors: list[str] = []
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -116,7 +119,10 @@ def check_job(overrides: list[str]) -> list[str]:
         return [first_line(e)]
     apply_aliases(cfg)
     errors = validate(cfg)
+    if errors:
+        return errors
     try:
+        runtime.pick_device(cfg.trainer.device)
         if not cfg.data.download and data.locate(cfg.data) is None:
             errors.append(data.missing_message(cfg.data))
     except UserError as e:
@@ -137,7 +143,7 @@ def composition_message(e: ConfigCompositionException, overrides: list[str]) -> 
     if match:  # a key that no schema declares
         key = match.group(1)
         hint = ""
-        close = difflib.get_close_matches(key, known_keys(), n=1)
+        close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.8)
         if close:
             hint = f"did you mean {close[0]}? "
         return f"{key}: no such config key; {hint}(`trainkit --cfg job` lists them all)"

@@ -8,11 +8,15 @@ The YAML files in `conf/` pick a schema through their defaults list
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Top-level keys everybody sweeps, and the group key each one overrides when set.
 ALIASES = {
@@ -145,6 +149,16 @@ def register_schemas() -> None:
     cs.store(group="schema/scheduler", name="step", node=StepSchedulerConfig)
     cs.store(group="schema/scheduler", name="cosine", node=CosineSchedulerConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    # --help lists the groups of conf/ through this, leaving out the schema/ groups above.
+    OmegaConf.register_new_resolver("trainkit_groups", config_groups_help, replace=True)
+
+
+def config_groups_help() -> str:
+    return "\n".join(
+        f"{group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}"
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir()
+    )
 
 
 def apply_aliases(cfg: DictConfig) -> None:
@@ -174,7 +188,7 @@ def validate(cfg: DictConfig) -> list[str]:
     need(batch_size >= 1, f"batch_size={batch_size}: use a batch size >= 1, e.g. batch_size=128")
     need(t.eval_batch_size >= 1, "trainer.eval_batch_size must be >= 1")
     need(
-        device == "auto" or device == "cpu" or device.split(":")[0] == "cuda",
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) is not None,
         f"device={device}: choose auto, cpu, cuda or cuda:N",
     )
     need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")

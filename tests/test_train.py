@@ -1,0 +1,132 @@
+"""Real training runs on a slice of Fashion-MNIST: every group option, the files a run writes,
+the TensorBoard scalars read back with TensorBoard's own reader, schedules and seeding."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainkit.experiment import run
+
+from .conftest import GROUP_OPTIONS, compose_config, small_overrides
+
+
+def train(overrides: list[str], run_dir: Path) -> dict:
+    return run(compose_config(overrides), run_dir)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g, o in GROUP_OPTIONS if g not in ("data", "model")]
+)
+def test_every_option_trains_on_real_data(
+    group: str, option: str, fmnist_slice: Path, tmp_path: Path
+) -> None:
+    summary = train([*small_overrides(fmnist_slice), f"{group}={option}"], tmp_path)
+    rows = read_metrics(tmp_path)
+    assert len(rows) == summary["epochs_run"] >= 1
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
+    assert rows[-1]["val_acc"] > 0.3  # ten classes: chance is 0.1
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_each_model_learns_fashion_mnist(model: str, fmnist_slice: Path, tmp_path: Path) -> None:
+    overrides = [*small_overrides(fmnist_slice, model), "epochs=3", "lr=3e-3"]
+    summary = train(overrides, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    # 1,000 training images, 3 epochs: well above chance (0.1) on held-out data.
+    assert summary["best"]["val_acc"] > 0.65
+    assert summary["test"]["acc"] > 0.65
+
+
+def test_cifar10_trains_from_its_python_batches(cifar_root: Path, tmp_path: Path) -> None:
+    overrides = ["data=cifar10", f"data.root={cifar_root}", "data.val_size=20",
+                 "data.download=false", "model=cnn", "model.channels=[8]", "epochs=4",
+                 "batch_size=20", "lr=3e-3"]
+    summary = train(overrides, tmp_path)
+    assert summary["dataset"] == {"name": "cifar10", "source": str(cifar_root / "cifar-10-batches-py"),
+                                  "train": 180, "val": 20, "test": 30}
+    # The generated images carry their label in the red channel: the CNN can learn it.
+    assert summary["best"]["val_acc"] >= 0.5
+
+
+def test_run_writes_curves_summary_and_checkpoints(fmnist_slice: Path, tmp_path: Path) -> None:
+    summary = train([*small_overrides(fmnist_slice), "epochs=3"], tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [10, 20, 30]  # 1,000 samples / batch 100
+
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["test"] == summary["test"]
+    assert on_disk["final"]["val_acc"] == pytest.approx(rows[-1]["val_acc"], abs=1e-6)
+    best = max(rows, key=lambda r: r["val_acc"])
+    assert on_disk["best"]["epoch"] == best["epoch"]
+    assert on_disk["train_samples_per_s"] > 0 and on_disk["wall_time_s"] > 0
+
+    # TensorBoard's own reader sees the curves, with the values of metrics.csv.
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "acc/train", "acc/val", "lr"} <= tags
+    for tag, column in [("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                        ("acc/val", "val_acc"), ("lr", "lr")]:
+        points = events.Scalars(tag)
+        assert [p.step for p in points] == [1, 2, 3]
+        assert [p.value for p in points] == pytest.approx([r[column] for r in rows], rel=1e-4)
+    assert events.Scalars("acc/test")[0].value == pytest.approx(summary["test"]["acc"])
+
+    # Checkpoints load with weights_only and rebuild the model that scored the test accuracy.
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    best_ckpt = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert last["epoch"] == 3 and best_ckpt["epoch"] == best["epoch"]
+    assert last["config"]["model"]["_target_"] == "trainkit.models.MLP"
+    model = instantiate(compose_config(["model=mlp", "model.hidden=[64]"]).model,
+                        input_shape=(1, 28, 28), num_classes=10)
+    model.load_state_dict(last["model"])
+    assert {"optimizer", "scheduler", "torch_rng", "metrics"} <= set(last)
+
+
+def test_step_schedule_halves_the_lr_each_epoch(fmnist_slice: Path, tmp_path: Path) -> None:
+    train([*small_overrides(fmnist_slice), "scheduler=step", "epochs=3"], tmp_path)
+    assert [r["lr"] for r in read_metrics(tmp_path)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+def test_cosine_schedule_steps_every_batch(fmnist_slice: Path, tmp_path: Path) -> None:
+    train([*small_overrides(fmnist_slice), "scheduler=cosine", "epochs=2"], tmp_path)
+    # 10 steps per epoch, 20 in all: half way the cosine is at half the peak.
+    assert [r["lr"] for r in read_metrics(tmp_path)] == pytest.approx([1e-3, 5e-4])
+
+
+def test_sgd_uses_its_own_default_lr_unless_lr_is_given(fmnist_slice: Path, tmp_path: Path) -> None:
+    base = [*small_overrides(fmnist_slice), "scheduler=none", "epochs=1"]
+    train([*base, "optimizer=sgd"], tmp_path / "a")
+    train([*base, "optimizer=sgd", "lr=0.02"], tmp_path / "b")
+    assert read_metrics(tmp_path / "a")[0]["lr"] == pytest.approx(0.1)
+    assert read_metrics(tmp_path / "b")[0]["lr"] == pytest.approx(0.02)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    base = [*small_overrides(fmnist_slice), "trainer.deterministic=true"]
+    try:
+        runs = {name: train([*base, f"seed={seed}"], tmp_path / name)
+                for name, seed in [("a", 1), ("b", 1), ("c", 2)]}
+    finally:
+        torch.use_deterministic_algorithms(False)
+    keys = ("train_loss", "val_loss", "val_acc")
+    a, b, c = ([r[k] for r in read_metrics(tmp_path / n) for k in keys] for n in "abc")
+    assert a == b and a != c
+    assert runs["a"]["test"] == runs["b"]["test"]
