@@ -19,7 +19,8 @@ from trainkit.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, find_fashio
 SLICE_TRAIN, SLICE_TEST = 1200, 400
 GROUP_OPTIONS = [
     (group.name, option.stem)
-    for group in sorted(CONF_DIR.iterdir()) if group.is_dir()
+    for group in sorted(CONF_DIR.iterdir())
+    if group.is_dir()
     for option in sorted(group.glob("*.yaml"))
 ]
 
@@ -42,8 +43,12 @@ def write_cifar10(root: Path, n_train_per_batch: int = 40, n_test: int = 30, see
         labels = rng.integers(0, 10, n)
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         data[:, :1024] = (labels * 25)[:, None]  # a learnable signal in the red channel
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
-                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": data,
+            b"filenames": [f"{i}.png".encode() for i in range(n)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     with open(folder / "batches.meta", "wb") as f:
@@ -56,7 +61,9 @@ def fmnist_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 1200 training and 400 test samples of the real Fashion-MNIST, as idx.gz files."""
     files = find_fashion_mnist(DEBIAN_FASHION_MNIST)
     if files is None:
-        pytest.fail("Fashion-MNIST is missing: run scripts/setup.sh (installs dataset-fashion-mnist)")
+        pytest.fail(
+            "Fashion-MNIST is missing: run scripts/setup.sh (installs dataset-fashion-mnist)"
+        )
     root = tmp_path_factory.mktemp("fmnist")
     for key, n in [("train", SLICE_TRAIN), ("test", SLICE_TEST)]:
         for kind in ("images", "labels"):
@@ -75,8 +82,15 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_overrides(fmnist_root: Path, model: str = "mlp") -> list[str]:
     """A run that takes a second or two: the slice, 200 of it for validation, a small model."""
     model_size = {"mlp": ["model.hidden=[64]"], "cnn": ["model.channels=[8,16]", "model.hidden=32"]}
-    return [f"data.root={fmnist_root}", "data.val_size=200", "data.download=false",
-            "epochs=2", "batch_size=100", f"model={model}", *model_size[model]]
+    return [
+        f"data.root={fmnist_root}",
+        "data.val_size=200",
+        "data.download=false",
+        "epochs=2",
+        "batch_size=100",
+        f"model={model}",
+        *model_size[model],
+    ]
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

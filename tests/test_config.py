@@ -12,13 +12,18 @@ from trainkit.config import CONF_DIR, check_targets, validate
 from .conftest import GROUP_OPTIONS, compose_config
 
 
-
 def test_the_tree_has_one_group_per_concern() -> None:
     groups = {g for g, _ in GROUP_OPTIONS}
     assert {"data", "model", "optimizer", "scheduler", "trainer"} <= groups
     options = {(g, o) for g, o in GROUP_OPTIONS}
-    for needed in [("optimizer", "sgd"), ("optimizer", "momentum"), ("optimizer", "adam"),
-                   ("scheduler", "none"), ("scheduler", "step"), ("scheduler", "cosine")]:
+    for needed in [
+        ("optimizer", "sgd"),
+        ("optimizer", "momentum"),
+        ("optimizer", "adam"),
+        ("scheduler", "none"),
+        ("scheduler", "step"),
+        ("scheduler", "cosine"),
+    ]:
         assert needed in options
 
 
@@ -73,11 +78,17 @@ def test_validate_reports_every_problem_at_once() -> None:
 
 
 def test_targets_outside_torch_torchvision_trainkit_are_refused() -> None:
-    cfg = OmegaConf.create({"model": {"_target_": "os.system", "command": "true"},
-                            "optimizer": {"_target_": "torch.optim.SGD"}})
+    cfg = OmegaConf.create(
+        {
+            "model": {"_target_": "os.system", "command": "true"},
+            "optimizer": {"_target_": "torch.optim.SGD"},
+        }
+    )
     errors = check_targets(cfg)
-    assert errors == ["model._target_=os.system: only classes under torch., torchvision., "
-                      "trainkit. may be instantiated"]
+    assert errors == [
+        "model._target_=os.system: only classes under torch., torchvision., "
+        "trainkit. may be instantiated"
+    ]
 
 
 def test_every_yaml_has_a_comment_saying_what_it_is() -> None:

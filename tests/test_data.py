@@ -18,10 +18,17 @@ from .conftest import SLICE_TEST, SLICE_TRAIN, write_cifar10, write_idx
 
 
 def data_cfg(root: Path, name: str = "fashion_mnist", **kw: object):
-    base = {"name": name, "root": str(root), "download": False, "val_size": 200,
-            "train_size": None, "test_size": None, "split_seed": 0,
-            "mean": [0.5] * (3 if name == "cifar10" else 1),
-            "std": [0.25] * (3 if name == "cifar10" else 1)}
+    base = {
+        "name": name,
+        "root": str(root),
+        "download": False,
+        "val_size": 200,
+        "train_size": None,
+        "test_size": None,
+        "split_seed": 0,
+        "mean": [0.5] * (3 if name == "cifar10" else 1),
+        "std": [0.25] * (3 if name == "cifar10" else 1),
+    }
     return OmegaConf.create(base | kw)
 
 
@@ -52,16 +59,20 @@ def test_train_size_takes_a_count_or_a_fraction(
 
 
 def test_too_large_a_train_size_is_a_user_error(fmnist_slice: Path) -> None:
-    with pytest.raises(UserError, match=r"data.train_size=5000 asks for 5000 of 1000 samples: choose 1..1000"):
+    with pytest.raises(
+        UserError, match=r"data.train_size=5000 asks for 5000 of 1000 samples: choose 1..1000"
+    ):
         data.load(data_cfg(fmnist_slice, train_size=5000), torch.device("cpu"))
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         data.load(data_cfg(tmp_path), torch.device("cpu"))
-    assert str(e.value) == (f"fashion_mnist not found in {tmp_path}: run `apt-get install "
-                            "dataset-fashion-mnist`, or set data.root=DIR holding the four idx "
-                            ".gz files")
+    assert str(e.value) == (
+        f"fashion_mnist not found in {tmp_path}: run `apt-get install "
+        "dataset-fashion-mnist`, or set data.root=DIR holding the four idx "
+        ".gz files"
+    )
 
 
 def test_truncated_idx_file_is_reported_with_its_path(fmnist_slice: Path, tmp_path: Path) -> None:
@@ -104,8 +115,11 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
             return (print, ("pwned",))
 
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))
-    with pytest.raises(UserError, match=r"data_batch_3 is not a valid CIFAR-10 batch "
-                                        r"\(refusing to load builtins.print\)"):
+    with pytest.raises(
+        UserError,
+        match=r"data_batch_3 is not a valid CIFAR-10 batch "
+        r"\(refusing to load builtins.print\)",
+    ):
         data.load(data_cfg(tmp_path, name="cifar10", val_size=5), torch.device("cpu"))
 
 

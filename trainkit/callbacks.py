@@ -37,12 +37,14 @@ class TensorBoardLogger(Callback):
 
     def on_fit_start(self, state: FitState) -> None:
         # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
-        self.writer.add_custom_scalars({
-            "curves": {
-                "loss": ["Multiline", ["loss/train", "loss/val"]],
-                "accuracy": ["Multiline", ["acc/train", "acc/val"]],
+        self.writer.add_custom_scalars(
+            {
+                "curves": {
+                    "loss": ["Multiline", ["loss/train", "loss/val"]],
+                    "accuracy": ["Multiline", ["acc/train", "acc/val"]],
+                }
             }
-        })
+        )
         self.writer.add_text("config", f"```yaml\n{self.config_yaml}\n```", 0)
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
@@ -84,8 +86,13 @@ class Checkpointer(Callback):
         self.config = config
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
-        ckpt = {**self.snapshot(), "epoch": state.epoch, "step": state.step,
-                "metrics": metrics, "config": self.config}
+        ckpt = {
+            **self.snapshot(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "metrics": metrics,
+            "config": self.config,
+        }
         checkpoint.save_atomic(ckpt, self.folder / "last.pt")
         if state.improved:
             checkpoint.save_atomic(ckpt, self.folder / "best.pt")

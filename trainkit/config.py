@@ -237,4 +237,3 @@ def check_targets(node: Any, path: str = "") -> list[str]:
         for key in node:
             errors += check_targets(node[key], f"{path}.{key}".lstrip("."))
     return errors
-

@@ -82,8 +82,9 @@ def print_summary(summary: dict) -> None:
     final, best, test = summary["final"], summary["best"], summary["test"]
     table.add_row("train (last epoch)", f"{final['train_loss']:.4f}", f"{final['train_acc']:.4f}")
     table.add_row("val (last epoch)", f"{final['val_loss']:.4f}", f"{final['val_acc']:.4f}")
-    table.add_row(f"val (best, epoch {best['epoch']})", f"{best['val_loss']:.4f}",
-                  f"{best['val_acc']:.4f}")
+    table.add_row(
+        f"val (best, epoch {best['epoch']})", f"{best['val_loss']:.4f}", f"{best['val_acc']:.4f}"
+    )
     table.add_row("test (last epoch)", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
     console.print(table)
     line = (

@@ -74,9 +74,9 @@ def find_fashion_mnist(folder: Path) -> dict[str, Path] | None:
 def read_idx(path: Path) -> np.ndarray:
     """An idx file (optionally gzipped) as a uint8 array; a clear error if it is damaged."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         raw = bytearray(raw)  # writable, so torch.from_numpy needs no copy and warns of nothing
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise UserError(f"{path} cannot be read ({e}): reinstall the dataset files") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise UserError(f"{path} is not a uint8 idx file: reinstall the dataset files")
@@ -255,8 +255,9 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
 class Normalizer:
     """uint8 [N, C, H, W] -> float, (x/255 - mean) / std per channel, in one fused pass."""
 
-    def __init__(self, mean: list[float], std: list[float], device: torch.device,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self, mean: list[float], std: list[float], device: torch.device, channels_last: bool = False
+    ) -> None:
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
@@ -270,7 +271,7 @@ class Normalizer:
 def batches(
     split: Split, batch_size: int, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) per batch; shuffled when a generator is given. The last may be short."""
+    """(uint8 images, labels) per batch, shuffled if given a generator; the last may be short."""
     n = len(split)
     if generator is None:
         for start in range(0, n, batch_size):

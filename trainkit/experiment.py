@@ -34,8 +34,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer,
-                                steps_per_epoch(len(dataset.train), cfg.trainer), cfg.trainer.epochs)
+    scheduler = build_scheduler(
+        cfg.scheduler,
+        optimizer,
+        steps_per_epoch(len(dataset.train), cfg.trainer),
+        cfg.trainer.epochs,
+    )
 
     def snapshot() -> dict:
         return {
@@ -52,8 +56,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         CSVLogger(run_dir / "metrics.csv"),
         Checkpointer(run_dir / "checkpoints", snapshot, resolved),
     ]
-    state = fit(model, dataset, normalize, loss_fn, optimizer, scheduler, cfg.scheduler.interval,
-                cfg.trainer, callbacks)
+    state = fit(
+        model,
+        dataset,
+        normalize,
+        loss_fn,
+        optimizer,
+        scheduler,
+        cfg.scheduler.interval,
+        cfg.trainer,
+        callbacks,
+    )
     test = evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
 
     history = state.history
@@ -69,8 +82,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         / train_time,
         "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "dataset": {"name": cfg.data.name, "source": str(dataset.source), "train": len(dataset.train),
-                    "val": len(dataset.val), "test": len(dataset.test)},
+        "dataset": {
+            "name": cfg.data.name,
+            "source": str(dataset.source),
+            "train": len(dataset.train),
+            "val": len(dataset.val),
+            "test": len(dataset.test),
+        },
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

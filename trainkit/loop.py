@@ -135,8 +135,17 @@ def fit(
             cb.on_epoch_start(state)
         start = time.perf_counter()
         train = train_epoch(
-            model, data.train, normalize, loss_fn, optimizer, scheduler,
-            scheduler_interval == "step", trainer.batch_size, generator, state, callbacks,
+            model,
+            data.train,
+            normalize,
+            loss_fn,
+            optimizer,
+            scheduler,
+            scheduler_interval == "step",
+            trainer.batch_size,
+            generator,
+            state,
+            callbacks,
             trainer.log_every_n_steps,
         )
         train_time = time.perf_counter() - start

@@ -54,7 +54,7 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Per channel count: conv -> [batch norm] -> activation -> 2x2 max-pool; then a 2-layer head."""
+    """Per entry of `channels`: conv -> [batch norm] -> activation -> max-pool; 2-layer head."""
 
     def __init__(
         self,
@@ -86,7 +86,9 @@ class CNN(nn.Module):
             )
         self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [
-            nn.Flatten(), nn.Linear(in_ch * height * width, hidden), _activation(activation)
+            nn.Flatten(),
+            nn.Linear(in_ch * height * width, hidden),
+            _activation(activation),
         ]
         if dropout > 0:
             head.append(nn.Dropout(dropout))

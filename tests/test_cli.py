@@ -1,0 +1,119 @@
+"""The `trainkit` command as a user runs it: a run's folder, a 4-job sweep, and one clear line
+with exit code 2 for each kind of bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .conftest import small_overrides
+
+TRAINKIT = shutil.which("trainkit", path=str(Path(sys.executable).parent)) or "trainkit"
+
+
+def trainkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [TRAINKIT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_run_writes_its_folder_and_prints_one_line_per_epoch(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    result = trainkit(*small_overrides(fmnist_slice), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>
+    names = {p.name for p in run_dir.iterdir()}
+    assert {".hydra", "metrics.csv", "summary.json", "checkpoints", "trainkit.log"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    # Not a terminal: plain lines, no progress-bar redraws.
+    epoch_lines = [ln for ln in result.stdout.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in epoch_lines] == ["1/2", "2/2"]
+    assert "\r" not in result.stdout and "test (last epoch)" in result.stdout
+
+
+def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: Path) -> None:
+    args = ["-m", "optimizer=sgd,adam", "lr=0.1,0.01", *small_overrides(fmnist_slice), "epochs=1"]
+    result = trainkit(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
+    swept = sorted(
+        ",".join(x for x in p.name.split(",") if x.startswith(("lr=", "optimizer="))) for p in jobs
+    )
+    assert swept == [
+        "lr=0.01,optimizer=adam",
+        "lr=0.01,optimizer=sgd",
+        "lr=0.1,optimizer=adam",
+        "lr=0.1,optimizer=sgd",
+    ]
+    for job in jobs:
+        assert (job / "metrics.csv").is_file() and (job / "summary.json").is_file()
+        events = EventAccumulator(str(job))
+        events.Reload()
+        assert "loss/val" in events.Tags()["scalars"]
+        lr = float(job.name.split("lr=")[1].split(",")[0])
+        assert events.Scalars("lr")[0].value == pytest.approx(lr)
+
+
+BAD_INPUTS = [
+    (["foo=1"], "foo: no such config key"),
+    (["optimizer.lrr=0.1"], "optimizer.lrr: no such config key; did you mean optimizer.lr?"),
+    (["lr=abc"], "lr=abc: value 'abc' of type 'str' could not be converted to Float"),
+    (["epochs=1.5"], "epochs=1.5: value '1.5' of type 'float' could not be converted to Integer"),
+    (["lr=0"], "lr=0.0: the learning rate must be > 0"),
+    (["lr=-0.1"], "lr=-0.1: the learning rate must be > 0"),
+    (["batch_size=0"], "batch_size=0: use a batch size >= 1"),
+    (["optimizer=adagrad"], "optimizer=adagrad: no such option; choose one of adam, momentum, sgd"),
+    (["model=transformer"], "model=transformer: no such option; choose one of cnn, mlp"),
+    (["device=tpu"], "device=tpu: choose auto, cpu, cuda or cuda:N"),
+    (["lr=0.1,0.01"], "lr=0.1,0.01 lists several values: add -m to sweep them"),
+    (["-m", "lr=0.1,-1"], "lr=-1.0: the learning rate must be > 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_gets_one_line_exit_2_and_no_run(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = trainkit(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"trainkit: error: {message}")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing started, nothing written
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
+    result = trainkit(f"data.root={tmp_path}", "data.download=false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"trainkit: error: fashion_mnist not found in {tmp_path}: run "
+        "`apt-get install dataset-fashion-mnist`, or set data.root=DIR holding "
+        "the four idx .gz files\n"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_says_what_to_use(tmp_path: Path) -> None:
+    result = trainkit("device=cuda", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "trainkit: error: device=cuda but CUDA is not available here: use device=cpu or auto\n"
+    )
+
+
+def test_help_lists_the_groups_and_their_options(tmp_path: Path) -> None:
+    result = trainkit("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "optimizer: adam, momentum, sgd" in result.stdout
+    assert "scheduler: cosine, none, step" in result.stdout
+    assert "schema" not in result.stdout
