@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from trainkit.config import CONF_DIR, apply_aliases, register_schemas
-from trainkit.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, find_fashion_mnist, read_idx
+from trainkit.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, fashion_mnist_files, read_idx
 
 SLICE_TRAIN, SLICE_TEST = 1200, 400
 GROUP_OPTIONS = [
@@ -59,7 +59,7 @@ def write_cifar10(root: Path, n_train_per_batch: int = 40, n_test: int = 30, see
 @pytest.fixture(scope="session")
 def fmnist_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 1200 training and 400 test samples of the real Fashion-MNIST, as idx.gz files."""
-    files = find_fashion_mnist(DEBIAN_FASHION_MNIST)
+    files = fashion_mnist_files(DEBIAN_FASHION_MNIST)
     if files is None:
         pytest.fail(
             "Fashion-MNIST is missing: run scripts/setup.sh (installs dataset-fashion-mnist)"

@@ -12,7 +12,7 @@ import gzip
 import io
 import pickle
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,15 +59,20 @@ class Data:
 # ---------------------------------------------------------------- Fashion-MNIST (idx files)
 
 
-def find_fashion_mnist(folder: Path) -> dict[str, Path] | None:
-    """The four idx files in `folder` (or torchvision's FashionMNIST/raw below it), if all there."""
+def fashion_mnist_files(folder: Path) -> dict[str, Path] | None:
+    """The four idx files in `folder`, gzipped or not, if all are there."""
+    found = {}
+    for key, stem in FASHION_MNIST_FILES.items():
+        candidates = [folder / f"{stem}.gz", folder / stem]
+        found[key] = next((p for p in candidates if p.is_file()), None)
+    return found if all(found.values()) else None
+
+
+def find_fashion_mnist(folder: Path) -> Path | None:
+    """`folder`, or torchvision's FashionMNIST/raw below it, if it holds the four idx files."""
     for base in (folder, folder / "FashionMNIST" / "raw"):
-        found = {}
-        for key, stem in FASHION_MNIST_FILES.items():
-            candidates = [base / f"{stem}.gz", base / stem]
-            found[key] = next((p for p in candidates if p.is_file()), None)
-        if all(found.values()):
-            return found
+        if fashion_mnist_files(base) is not None:
+            return base
     return None
 
 
@@ -91,7 +96,8 @@ def read_idx(path: Path) -> np.ndarray:
     return values.reshape(dims)
 
 
-def load_fashion_mnist(files: dict[str, Path]) -> tuple[np.ndarray, ...]:
+def load_fashion_mnist(folder: Path) -> tuple[np.ndarray, ...]:
+    files = fashion_mnist_files(folder)
     train_x, test_x = read_idx(files["train_images"]), read_idx(files["test_images"])
     train_y, test_y = read_idx(files["train_labels"]), read_idx(files["test_labels"])
     # idx images are [N, H, W]; add the channel axis.
@@ -149,16 +155,23 @@ def load_cifar10(folder: Path) -> tuple[np.ndarray, ...]:
 # ---------------------------------------------------------------- finding and downloading
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    find: Callable[[Path], Path | None]  # the folder below a search folder holding the files
+    read: Callable[[Path], tuple[np.ndarray, ...]]  # -> train images, labels, test images, labels
+    torchvision_class: str  # downloads where a network exists
+    how_to_get: str  # said when the files are missing
+
+
 DATASETS = {
-    # name: (find in a folder, load what was found, torchvision class for download, hint)
-    "fashion_mnist": (
+    "fashion_mnist": DatasetSpec(
         find_fashion_mnist,
         load_fashion_mnist,
         "FashionMNIST",
         "run `apt-get install dataset-fashion-mnist`, or set data.root=DIR holding the four "
         "idx .gz files",
     ),
-    "cifar10": (
+    "cifar10": DatasetSpec(
         find_cifar10,
         load_cifar10,
         "CIFAR10",
@@ -175,35 +188,37 @@ def search_folders(cfg: DictConfig) -> list[Path]:
     return [*system, CACHE_DIR / cfg.name]
 
 
-def locate(cfg: DictConfig) -> object | None:
-    """What `find` returns for the first folder holding the dataset, or None."""
+def spec(cfg: DictConfig) -> DatasetSpec:
     if cfg.name not in DATASETS:
         raise UserError(f"data.name={cfg.name}: choose one of {', '.join(DATASETS)}")
-    find = DATASETS[cfg.name][0]
+    return DATASETS[cfg.name]
+
+
+def locate(cfg: DictConfig) -> Path | None:
+    """The folder the dataset's files are read from, or None if no search folder has them."""
     for folder in search_folders(cfg):
-        found = find(folder)
+        found = spec(cfg).find(folder)
         if found is not None:
             return found
     return None
 
 
 def missing_message(cfg: DictConfig) -> str:
-    hint = DATASETS[cfg.name][3]
     where = ", ".join(str(p) for p in search_folders(cfg))
-    return f"{cfg.name} not found in {where}: {hint}"
+    return f"{cfg.name} not found in {where}: {spec(cfg).how_to_get}"
 
 
-def download(cfg: DictConfig) -> object:
+def download(cfg: DictConfig) -> Path:
     import torchvision.datasets
 
     folder = search_folders(cfg)[-1]
-    dataset_class = getattr(torchvision.datasets, DATASETS[cfg.name][2])
+    dataset_class = getattr(torchvision.datasets, spec(cfg).torchvision_class)
     try:
         for train in (True, False):
             dataset_class(root=str(folder), train=train, download=True)
     except Exception as e:  # no network, a proxy, a full disk...
         raise UserError(f"{missing_message(cfg)} (download failed: {e})") from None
-    found = DATASETS[cfg.name][0](folder)
+    found = spec(cfg).find(folder)
     if found is None:
         raise UserError(missing_message(cfg))
     return found
@@ -229,7 +244,7 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         if not cfg.download:
             raise UserError(missing_message(cfg))
         found = download(cfg)
-    train_x, train_y, test_x, test_y = DATASETS[cfg.name][1](found)
+    train_x, train_y, test_x, test_y = spec(cfg).read(found)
 
     n_val = _count(cfg.val_size, len(train_y) - 1, "data.val_size")
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
@@ -242,13 +257,12 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64))[idx]
         return Split(images.to(device), labels.to(device))
 
-    source = found if isinstance(found, Path) else Path(next(iter(found.values()))).parent
     return Data(
         train=split(train_x, train_y, train_idx),
         val=split(train_x, train_y, val_idx),
         test=split(test_x, test_y, slice(0, n_test)),
         num_classes=int(train_y.max()) + 1,
-        source=source,
+        source=found,
     )
 
 
