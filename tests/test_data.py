@@ -111,7 +111,7 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
     folder = write_cifar10(tmp_path, n_train_per_batch=5, n_test=5)
 
     class Exploit:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self) -> tuple:
             return (print, ("pwned",))
 
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))

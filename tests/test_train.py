@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from trainkit.experiment import run
 
@@ -103,6 +104,11 @@ def test_run_writes_curves_summary_and_checkpoints(fmnist_slice: Path, tmp_path:
         assert [p.step for p in points] == [1, 2, 3]
         assert [p.value for p in points] == pytest.approx([r[column] for r in rows], rel=1e-4)
     assert events.Scalars("acc/test")[0].value == pytest.approx(summary["test"]["acc"])
+    # The custom-scalars layout puts train and val on one chart.
+    proto = events.Tensors("custom_scalars__config__")[0].tensor_proto
+    layout = layout_pb2.Layout.FromString(proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts == {"loss": ["loss/train", "loss/val"], "accuracy": ["acc/train", "acc/val"]}
 
     # Checkpoints load with weights_only and rebuild the model that scored the test accuracy.
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

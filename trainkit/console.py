@@ -75,7 +75,7 @@ class ProgressPrinter(Callback):
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title=f"summary: {summary['run_dir']}", title_justify="left")
+    table = Table(title="summary", title_justify="left")
     table.add_column("split")
     table.add_column("loss", justify="right")
     table.add_column("accuracy", justify="right")

@@ -118,7 +118,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
     }
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+    def find_class(self, module: str, name: str) -> object:
         if (module, name) in self.SAFE:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")

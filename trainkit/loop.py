@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -44,20 +45,19 @@ def train_epoch(
     normalize: Normalizer,
     loss_fn: LossFn,
     optimizer: Optimizer,
-    scheduler: LRScheduler | None,
-    step_scheduler_every_step: bool,
-    batch_size: int,
+    step_scheduler: LRScheduler | None,
+    trainer: DictConfig,
     generator: torch.Generator,
     state: FitState,
     callbacks: Sequence[Callback],
-    log_every: int,
 ) -> dict[str, float]:
+    """One pass over `train` in a fresh random order; `step_scheduler` steps after every batch."""
     model.train()
     device = train.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for i, (images, labels) in enumerate(batches(train, batch_size, generator)):
+    for i, (images, labels) in enumerate(batches(train, trainer.batch_size, generator)):
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
             break
         logits = model(normalize(images))
@@ -65,14 +65,14 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if scheduler is not None and step_scheduler_every_step:
-            scheduler.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
 
         state.step += 1
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
-        if state.step % log_every == 0:
+        if state.step % trainer.log_every_n_steps == 0:
             state.running_loss = loss_sum.item() / seen  # sync point, once per interval
         for cb in callbacks:
             cb.on_step_end(state)
@@ -95,7 +95,7 @@ def evaluate(
     return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
 
 
-def steps_per_epoch(n_train: int, trainer) -> int:  # noqa: ANN001 (the trainer config node)
+def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
     steps = -(-n_train // trainer.batch_size)  # the last, short batch counts
     if trainer.max_steps_per_epoch is not None:
         steps = min(steps, trainer.max_steps_per_epoch)
@@ -118,7 +118,7 @@ def fit(
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
     scheduler_interval: str,
-    trainer,  # noqa: ANN001 (the trainer config node)
+    trainer: DictConfig,
     callbacks: Sequence[Callback],
 ) -> FitState:
     """Train for trainer.epochs, evaluating on validation after each epoch."""
@@ -134,20 +134,11 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_start(state)
         start = time.perf_counter()
+        per_step = scheduler if scheduler_interval == "step" else None
         train = train_epoch(
-            model,
-            data.train,
-            normalize,
-            loss_fn,
-            optimizer,
-            scheduler,
-            scheduler_interval == "step",
-            trainer.batch_size,
-            generator,
-            state,
-            callbacks,
-            trainer.log_every_n_steps,
-        )
+            model, data.train, normalize, loss_fn, optimizer, per_step, trainer, generator,
+            state, callbacks,
+        )  # fmt: skip
         train_time = time.perf_counter() - start
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
