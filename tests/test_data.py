@@ -75,6 +75,25 @@ def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
     )
 
 
+def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            assert download and Path(root) == tmp_path
+            raise RuntimeError(
+                "Error downloading x.gz:\nTried http://x.invalid/, got:\n<no network>"
+            )
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    with pytest.raises(UserError) as e:
+        data.load(data_cfg(tmp_path, download=True), torch.device("cpu"))
+    assert str(e.value).endswith(
+        "(download failed: Error downloading x.gz: Tried http://x.invalid/, got: <no network>)"
+    )
+    assert "\n" not in str(e.value)
+
+
 def test_truncated_idx_file_is_reported_with_its_path(fmnist_slice: Path, tmp_path: Path) -> None:
     for f in fmnist_slice.iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())

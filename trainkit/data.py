@@ -217,7 +217,8 @@ def download(cfg: DictConfig) -> Path:
         for train in (True, False):
             dataset_class(root=str(folder), train=train, download=True)
     except Exception as e:  # no network, a proxy, a full disk...
-        raise UserError(f"{missing_message(cfg)} (download failed: {e})") from None
+        reason = " ".join(str(e).split())  # torchvision's message spans lines
+        raise UserError(f"{missing_message(cfg)} (download failed: {reason})") from None
     found = spec(cfg).find(folder)
     if found is None:
         raise UserError(missing_message(cfg))
