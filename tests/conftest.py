@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trainkit.config import CONF_DIR, apply_aliases, register_schemas
+from trainkit.config import CONF_DIR, expand_aliases, register_schemas
 from trainkit.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, fashion_mnist_files, read_idx
 
 SLICE_TRAIN, SLICE_TEST = 1200, 400
@@ -96,6 +96,4 @@ def small_overrides(fmnist_root: Path, model: str = "mlp") -> list[str]:
 def compose_config(overrides: list[str]) -> DictConfig:
     register_schemas()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    apply_aliases(cfg)
-    return cfg
+        return compose("config", overrides=expand_aliases(overrides))

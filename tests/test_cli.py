@@ -13,6 +13,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from trainkit.cli import preflight
+from trainkit.config import expand_aliases
+
 from .conftest import small_overrides
 
 TRAINKIT = shutil.which("trainkit", path=str(Path(sys.executable).parent)) or "trainkit"
@@ -65,15 +68,35 @@ def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: P
 
 
 BAD_INPUTS = [
-    (["foo=1"], "foo: no such config key"),
-    (["optimizer.lrr=0.1"], "optimizer.lrr: no such config key; did you mean optimizer.lr?"),
+    (["foo=1"], "foo: no such config key (`trainkit --cfg job` lists them all)"),
+    (["+foo=1"], "+foo=1: trainkit declares every key and foo is not one"),
+    (["optimizer.lrr=0.1"], "optimizer.lrr: no such key; did you mean optimizer.lr?"),
+    (["trainer.epoch=3"], "trainer.epoch: no such key; did you mean trainer.epochs?"),
+    (["optimzer=sgd"], "optimzer: no such config key; did you mean optimizer=...?"),
+    (
+        ["optimizer.momentum=0.9"],
+        "optimizer.momentum: no such key in optimizer=adam; its keys are lr, betas, eps, "
+        "weight_decay, amsgrad",
+    ),
     (["lr=abc"], "lr=abc: value 'abc' of type 'str' could not be converted to Float"),
     (["epochs=1.5"], "epochs=1.5: value '1.5' of type 'float' could not be converted to Integer"),
+    (["batch_size=[64,128]"], "batch_size=[64,128]: value '[64, 128]' of type 'list' could not"),
+    (["lr==0.1"], "cannot read the override 'lr==0.1': write key=value, e.g. lr=0.01"),
     (["lr=0"], "lr=0.0: the learning rate must be > 0"),
     (["lr=-0.1"], "lr=-0.1: the learning rate must be > 0"),
     (["batch_size=0"], "batch_size=0: use a batch size >= 1"),
+    (["seed=-1"], "seed=-1: use a seed in 0..2**32-1"),
     (["optimizer=adagrad"], "optimizer=adagrad: no such option; choose one of adam, momentum, sgd"),
     (["model=transformer"], "model=transformer: no such option; choose one of cnn, mlp"),
+    (["model.activation=swish"], "model cannot be built: model.activation=swish: choose one of"),
+    (["model.channels=[8,8,8,8,8]"], "model cannot be built: model.channels has 5 pooling stages"),
+    (
+        ["optimizer=sgd", "optimizer.nesterov=true"],
+        "optimizer: Nesterov momentum requires a momentum",
+    ),
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: give two values in [0, 1)"),
+    (["data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "data.mean has 3 values but"),
+    (["data.name=mnist"], "data.name=mnist: choose one of fashion_mnist, cifar10"),
     (["device=tpu"], "device=tpu: choose auto, cpu, cuda or cuda:N"),
     (["lr=0.1,0.01"], "lr=0.1,0.01 lists several values: add -m to sweep them"),
     (["-m", "lr=0.1,-1"], "lr=-1.0: the learning rate must be > 0"),
@@ -81,13 +104,25 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_gets_one_line_exit_2_and_no_run(
-    args: list[str], message: str, tmp_path: Path
+def test_bad_input_is_named_with_the_fix(args: list[str], message: str) -> None:
+    """The pre-flight check main() runs before Hydra, called in-process (seconds, not minutes)."""
+    multirun = args[0] == "-m"
+    errors = preflight(expand_aliases(args[1:] if multirun else args), multirun)
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+@pytest.mark.parametrize(
+    "args", [["foo=1"], ["lr=-1", "batch_size=0"], ["optimizer=adagrad"], ["-m", "lr=abc,0.1"]]
+)
+def test_bad_input_exits_2_with_one_line_per_problem_and_no_run(
+    args: list[str], tmp_path: Path
 ) -> None:
     result = trainkit(*args, cwd=tmp_path)
     assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
-    assert line.startswith(f"trainkit: error: {message}")
+    multirun = args[0] == "-m"
+    expected = preflight(expand_aliases(args[1:] if multirun else args), multirun)
+    assert result.stderr.splitlines() == [f"trainkit: error: {line}" for line in expected]
+    assert len(expected) == len([a for a in args if a != "-m"])
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "outputs").exists()  # nothing started, nothing written
 

@@ -49,7 +49,9 @@ def test_fashion_mnist_loads_as_uint8_tensors_with_a_seeded_validation_split(
     assert not torch.equal(other.val.images, d.val.images)
 
 
-@pytest.mark.parametrize(("train_size", "expected"), [(0.5, 500), (300, 300), (None, 1000)])
+@pytest.mark.parametrize(
+    ("train_size", "expected"), [(0.5, 500), (300, 300), (1, 1000), (None, 1000)]
+)
 def test_train_size_takes_a_count_or_a_fraction(
     fmnist_slice: Path, train_size: float | None, expected: int
 ) -> None:

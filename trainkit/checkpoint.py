@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -34,5 +34,4 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist: check the path") from None
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} cannot be loaded ({first_line})") from None
+        raise UserError(f"checkpoint {path} cannot be loaded ({first_line(e)})") from None

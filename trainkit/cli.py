@@ -1,9 +1,9 @@
 """`trainkit [overrides]`: the console script.
 
 Before Hydra starts a run, every composition the command line asks for (each job of a sweep)
-is composed and validated here, so bad input costs no run directory and gets one line per
-problem on stderr, exit code 2, and no traceback. Then Hydra's own app runs as usual, so
-`-m`, `--cfg`, `--help`, launchers and sweepers all behave as Hydra documents.
+is composed, validated and dry-built here, so bad input costs no run directory and gets one
+line per problem on stderr, exit code 2, and no traceback. Then Hydra's own app runs as usual,
+so `-m`, `--cfg`, `--help`, launchers and sweepers all behave as Hydra documents.
 """
 
 from __future__ import annotations
@@ -23,15 +23,24 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit import data, runtime
-from trainkit.config import CONF_DIR, apply_aliases, register_schemas, validate
-from trainkit.errors import UserError
+from trainkit.config import (
+    CONF_DIR,
+    expand_aliases,
+    register_schemas,
+    shorten_aliases,
+    validate,
+)
+from trainkit.errors import UserError, first_line
 
 MAX_PREFLIGHT_JOBS = 64  # larger sweeps are checked value by value instead of job by job
 
+# At import, not in main(): processes that only import this module to run a job (joblib and
+# submitit workers) need the schemas and resolvers too.
+register_schemas()
+
 
 def main() -> None:
-    register_schemas()
+    sys.argv[1:] = expand_aliases(sys.argv[1:])
     args = hydra._internal.utils.get_args_parser().parse_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         errors = preflight(args.overrides, args.multirun)
@@ -45,11 +54,10 @@ def main() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_app(cfg: DictConfig) -> float:
     """One job; returns the monitored metric for Hydra's sweepers."""
-    from trainkit.experiment import run  # torch and friends load only when a run starts
+    from trainkit.experiment import run  # torch loads only when it is needed
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        apply_aliases(cfg)
         errors = validate(cfg)
         if errors:
             raise UserError("; ".join(errors))
@@ -66,18 +74,24 @@ def hydra_app(cfg: DictConfig) -> float:
 def preflight(overrides: list[str], multirun: bool) -> list[str]:
     """Compose and validate every job the overrides describe; all the problems, one line each."""
     app_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(app_overrides)
-        jobs = expand_sweeps(app_overrides)
-    except Exception as e:  # the override syntax itself is wrong
-        return [first_line(e)]
+    parser = OverridesParser.create()
+    for text in app_overrides:
+        try:
+            parser.parse_overrides([text])
+        except Exception:  # Hydra's grammar errors name the lexer, not the fix
+            return [
+                f"cannot read the override '{shorten_aliases(text)}': write key=value, e.g. lr=0.01"
+            ]
+    parsed = parser.parse_overrides(app_overrides)
     sweeps = [text for o, text in zip(parsed, app_overrides, strict=True) if o.is_sweep_override()]
     if sweeps and not multirun:
-        return [f"{sweeps[0]} lists several values: add -m to sweep them (trainkit -m ...)"]
+        sweep = shorten_aliases(sweeps[0])
+        return [f"{sweep} lists several values: add -m to sweep them (trainkit -m ...)"]
+
     errors: list[str] = []
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for job in jobs:
+        for job in expand_sweeps(app_overrides):
             for line in check_job(job):
                 if line not in errors:
                     errors.append(line)
@@ -109,20 +123,27 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
 
 
 def check_job(overrides: list[str]) -> list[str]:
+    from trainkit import data, experiment, runtime  # these load torch: not for --help
+
+    for text in overrides:
+        if text.startswith("+") and not (CONF_DIR / text[1:].partition("=")[0]).is_dir():
+            key = text[1:].partition("=")[0]
+            return [f"{text}: trainkit declares every key and {key} is not one; "
+                    "`trainkit --cfg job` lists them all"]  # fmt: skip
     try:
         cfg = compose("config", overrides=overrides)
     except MissingConfigException as e:
-        return [unknown_option_message(e, overrides)]
+        return [unknown_option_message(e)]
     except ConfigCompositionException as e:
         return [composition_message(e, overrides)]
     except Exception as e:
         return [first_line(e)]
-    apply_aliases(cfg)
     errors = validate(cfg)
     if errors:
         return errors
     try:
         runtime.pick_device(cfg.trainer.device)
+        experiment.dry_build(cfg)
         if not cfg.data.download and data.locate(cfg.data) is None:
             errors.append(data.missing_message(cfg.data))
     except UserError as e:
@@ -130,7 +151,7 @@ def check_job(overrides: list[str]) -> list[str]:
     return errors
 
 
-def unknown_option_message(e: MissingConfigException, overrides: list[str]) -> str:
+def unknown_option_message(e: MissingConfigException) -> str:
     match = re.search(r"Could not find '([^']+)'", str(e))
     if match and e.options:
         group, _, name = match.group(1).rpartition("/")
@@ -141,32 +162,41 @@ def unknown_option_message(e: MissingConfigException, overrides: list[str]) -> s
 def composition_message(e: ConfigCompositionException, overrides: list[str]) -> str:
     match = re.search(r"Could not override '([^']+)'", str(e))
     if match:  # a key that no schema declares
-        key = match.group(1)
-        hint = ""
-        close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.8)
-        if close:
-            hint = f"did you mean {close[0]}? "
-        return f"{key}: no such config key; {hint}(`trainkit --cfg job` lists them all)"
+        return unknown_key_message(match.group(1), overrides)
     match = re.search(r"Error merging override (\S+)", str(e))
     if match and e.__cause__ is not None:  # a value of the wrong type
         reason = first_line(e.__cause__)
-        return f"{match.group(1)}: {reason[0].lower()}{reason[1:]}"
+        return f"{shorten_aliases(match.group(1))}: {reason[0].lower()}{reason[1:]}"
     return first_line(e)
 
 
-def known_keys() -> list[str]:
-    """Every dotted key of the default config, for 'did you mean' hints."""
-    cfg = compose("config")
-    flat = OmegaConf.to_container(cfg)
+def unknown_key_message(key: str, overrides: list[str]) -> str:
+    """Name the closest key or group, or list the keys of the node the typo is in."""
+    others = [o for o in overrides if not o.startswith(f"{key}=")]
+    cfg = compose("config", overrides=others, return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else None
+    if isinstance(node, DictConfig):
+        keys = [str(k) for k in node if not str(k).startswith("_")]
+        close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.75)
+        if close:
+            return f"{key}: no such key; did you mean {parent}.{close[0]}?"
+        where = f"{parent}={choices[parent]}" if parent in choices else parent
+        return f"{key}: no such key in {where}; its keys are {', '.join(keys)}"
+    groups = [g for g in choices if not g.startswith(("hydra", "schema"))]
+    keys = [k for k in leaf_keys(cfg) if not k.startswith("hydra.")]
+    close = difflib.get_close_matches(key, [*groups, *keys], n=1, cutoff=0.75)
+    hint = ""
+    if close:
+        hint = f"; did you mean {close[0]}{'=...' if close[0] in groups else ''}?"
+    return f"{key}: no such config key{hint} (`trainkit --cfg job` lists them all)"
 
+
+def leaf_keys(cfg: DictConfig) -> list[str]:
     def walk(node: object, prefix: str) -> list[str]:
         if isinstance(node, dict):
             return [k for key, v in node.items() for k in walk(v, f"{prefix}{key}.")]
         return [prefix.rstrip(".")]
 
-    return walk(flat, "")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return walk(OmegaConf.to_container(cfg), "")

@@ -1,4 +1,4 @@
-"""Config schemas, the top-level aliases, and validation.
+"""Config schemas, the command-line aliases, and validation.
 
 Every key the code reads is declared here, so Hydra rejects a typo or a wrong type while it
 composes the config; `validate` then checks ranges and reports every problem at once.
@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-# Top-level keys everybody sweeps, and the group key each one overrides when set.
+# Short names on the command line for the keys everybody sweeps. They are rewritten into the
+# full key before Hydra composes, so each value lives in one place and the saved config is true.
 ALIASES = {
     "lr": "optimizer.lr",
     "epochs": "trainer.epochs",
@@ -36,8 +37,8 @@ class DataConfig:
     name: str = MISSING  # fashion_mnist | cifar10
     root: str | None = None  # folder with the dataset files; None: the system copy, then download
     download: bool = True  # download into root (or ~/.cache/trainkit) when nothing is found
-    val_size: float = 5000  # carved from train: a count (>= 1) or a fraction (< 1)
-    train_size: float | None = None  # what is left for training: count, fraction, None = all
+    val_size: float = 5000  # carved from train: a count (> 1) or a fraction (< 1)
+    train_size: float | None = None  # of what is left: a count (> 1), a fraction (<= 1), None: all
     test_size: int | None = None  # evaluate on the first N test samples; None = all
     split_seed: int = 0  # fixes which samples go to validation, whatever trainer.seed is
     mean: list[float] = MISSING  # per-channel normalization, on the 0..1 scale
@@ -128,12 +129,6 @@ class Config:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = MISSING
-    # Aliases: None keeps the group's own value (see ALIASES).
-    lr: float | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    device: str | None = None
 
 
 def register_schemas() -> None:
@@ -151,6 +146,7 @@ def register_schemas() -> None:
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     # --help lists the groups of conf/ through this, leaving out the schema/ groups above.
     OmegaConf.register_new_resolver("trainkit_groups", config_groups_help, replace=True)
+    OmegaConf.register_new_resolver("trainkit_dirname", shorten_aliases, replace=True)
 
 
 def config_groups_help() -> str:
@@ -161,13 +157,20 @@ def config_groups_help() -> str:
     )
 
 
-def apply_aliases(cfg: DictConfig) -> None:
-    """Copy each alias that is set into its group key, then show the value in effect in both."""
-    with open_dict(cfg):
-        for alias, path in ALIASES.items():
-            if cfg[alias] is not None:
-                OmegaConf.update(cfg, path, cfg[alias])
-            cfg[alias] = OmegaConf.select(cfg, path)
+def expand_aliases(overrides: list[str]) -> list[str]:
+    """`lr=0.01` -> `optimizer.lr=0.01`, `epochs=3` -> `trainer.epochs=3`, and so on."""
+    expanded = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        expanded.append(f"{ALIASES[key]}={value}" if sep and key in ALIASES else text)
+    return expanded
+
+
+def shorten_aliases(overrides: str) -> str:
+    """Back to the aliases the user typed, for folder names and messages: lr=0.1,optimizer=sgd."""
+    for alias, path in ALIASES.items():
+        overrides = re.sub(rf"(^|,){re.escape(path)}=", rf"\g<1>{alias}=", overrides)
+    return overrides
 
 
 def validate(cfg: DictConfig) -> list[str]:
@@ -178,19 +181,19 @@ def validate(cfg: DictConfig) -> list[str]:
         if not ok:
             errors.append(message)
 
-    lr = cfg.lr if cfg.lr is not None else cfg.optimizer.lr
+    lr = cfg.optimizer.lr
     need(lr > 0, f"lr={lr}: the learning rate must be > 0, e.g. lr=1e-3")
     t = cfg.trainer
-    epochs = cfg.epochs if cfg.epochs is not None else t.epochs
-    batch_size = cfg.batch_size if cfg.batch_size is not None else t.batch_size
-    device = cfg.device if cfg.device is not None else t.device
-    need(epochs >= 1, f"epochs={epochs}: train for at least one epoch, e.g. epochs=5")
-    need(batch_size >= 1, f"batch_size={batch_size}: use a batch size >= 1, e.g. batch_size=128")
+    need(t.epochs >= 1, f"epochs={t.epochs}: train for at least one epoch, e.g. epochs=5")
+    need(
+        t.batch_size >= 1, f"batch_size={t.batch_size}: use a batch size >= 1, e.g. batch_size=128"
+    )
     need(t.eval_batch_size >= 1, "trainer.eval_batch_size must be >= 1")
     need(
-        re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) is not None,
-        f"device={device}: choose auto, cpu, cuda or cuda:N",
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+        f"device={t.device}: choose auto, cpu, cuda or cuda:N",
     )
+    need(0 <= t.seed < 2**32, f"seed={t.seed}: use a seed in 0..2**32-1")
     need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")
     need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
     need(
@@ -203,18 +206,27 @@ def validate(cfg: DictConfig) -> list[str]:
     )
 
     d = cfg.data
-    need(d.val_size > 0, "data.val_size must be > 0: a count (e.g. 5000) or a fraction (e.g. 0.1)")
+    need(
+        d.val_size > 0 and d.val_size != 1,
+        "data.val_size must be a count (> 1, e.g. 5000) or a fraction (< 1, e.g. 0.1)",
+    )
     need(
         d.train_size is None or d.train_size > 0,
-        "data.train_size must be > 0: a count, a fraction in (0, 1], or null for all",
+        "data.train_size must be a count (> 1), a fraction (<= 1), or null for all",
     )
     need(d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)")
     need(len(d.mean) == len(d.std), "data.mean and data.std need one value per channel")
     need(all(s > 0 for s in d.std), "data.std values must be > 0")
 
     need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
+    need(cfg.model.get("kernel_size", 1) >= 1, "model.kernel_size must be >= 1, e.g. 3")
     opt = cfg.optimizer
     need(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum must be in [0, 1)")
+    if "betas" in opt:
+        need(
+            len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
+            f"optimizer.betas={list(opt.betas)}: give two values in [0, 1), e.g. [0.9, 0.999]",
+        )
     need(opt.get("weight_decay", 0) >= 0, "optimizer.weight_decay must be >= 0")
     need(
         cfg.scheduler.interval in ("step", "epoch"),

@@ -157,6 +157,7 @@ def load_cifar10(folder: Path) -> tuple[np.ndarray, ...]:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    input_shape: tuple[int, int, int]  # C, H, W of one image
     find: Callable[[Path], Path | None]  # the folder below a search folder holding the files
     read: Callable[[Path], tuple[np.ndarray, ...]]  # -> train images, labels, test images, labels
     torchvision_class: str  # downloads where a network exists
@@ -165,6 +166,7 @@ class DatasetSpec:
 
 DATASETS = {
     "fashion_mnist": DatasetSpec(
+        (1, 28, 28),
         find_fashion_mnist,
         load_fashion_mnist,
         "FashionMNIST",
@@ -172,6 +174,7 @@ DATASETS = {
         "idx .gz files",
     ),
     "cifar10": DatasetSpec(
+        (3, 32, 32),
         find_cifar10,
         load_cifar10,
         "CIFAR10",
@@ -229,10 +232,10 @@ def download(cfg: DictConfig) -> Path:
 
 
 def _count(size: float | None, total: int, what: str) -> int:
-    """A count (>= 1) or a fraction (< 1) of `total`."""
+    """A fraction (<= 1) or a count (> 1) of `total`; None is all of it."""
     if size is None:
         return total
-    n = int(size) if size >= 1 else int(round(size * total))
+    n = int(round(size * total)) if size <= 1 else int(size)
     if not 1 <= n <= total:
         raise UserError(f"{what}={size} asks for {n} of {total} samples: choose 1..{total}")
     return n

@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input the user can fix; the message says what to change."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line: errors reach the user as one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -8,14 +8,51 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim import Optimizer
 
 from trainkit import console, data, runtime
 from trainkit.callbacks import Checkpointer, CSVLogger, TensorBoardLogger
+from trainkit.errors import UserError, first_line
 from trainkit.loop import evaluate, fit, steps_per_epoch
 from trainkit.schedule import build_scheduler
+
+
+def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    try:
+        return instantiate(cfg, input_shape=input_shape, num_classes=num_classes)
+    except InstantiationException as e:  # Hydra wraps what the constructor raised
+        raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
+    try:
+        return instantiate(cfg)(params=model.parameters())
+    except (InstantiationException, ValueError, TypeError) as e:
+        raise UserError(f"optimizer: {first_line(e.__cause__ or e)}") from None
+
+
+def dry_build(cfg: DictConfig) -> None:
+    """Build the model and optimizer on the meta device and run one forward pass: any problem
+    with their settings surfaces here, before a run starts, at no cost in memory or time."""
+    spec = data.spec(cfg.data)
+    if len(cfg.data.mean) != spec.input_shape[0]:
+        raise UserError(
+            f"data.mean has {len(cfg.data.mean)} values but {cfg.data.name} images have "
+            f"{spec.input_shape[0]} channel(s)"
+        )
+    with torch.device("meta"):
+        model = build_model(cfg.model, spec.input_shape, num_classes=10)
+        try:
+            model(torch.empty(2, *spec.input_shape))
+        except RuntimeError as e:
+            raise UserError(
+                f"model cannot run on {cfg.data.name} images: {first_line(e)}"
+            ) from None
+        build_optimizer(cfg.optimizer, model)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -27,13 +64,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     channels_last = cfg.trainer.channels_last and len(dataset.input_shape) == 3
     normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device, channels_last)
 
-    model = instantiate(
-        cfg.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes
-    ).to(device)
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(
         cfg.scheduler,
         optimizer,

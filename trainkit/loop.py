@@ -8,6 +8,7 @@ Metrics are summed on the device and read back once per log interval and once pe
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ class FitState:
     steps_per_epoch: int
     epoch: int = 0
     step: int = 0  # optimizer steps so far
-    running_loss: float = float("nan")  # mean train loss this epoch, refreshed every log interval
+    running_loss: float = float("nan")  # mean train loss so far this epoch, refreshed at the
+    # epoch's first step and then every trainer.log_every_n_steps
     history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
     best: dict | None = None  # the history row with the best monitored metric
     improved: bool = False  # this epoch set a new best
@@ -72,8 +74,8 @@ def train_epoch(
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
-        if state.step % trainer.log_every_n_steps == 0:
-            state.running_loss = loss_sum.item() / seen  # sync point, once per interval
+        if i % trainer.log_every_n_steps == 0:
+            state.running_loss = loss_sum.item() / seen  # a sync point: once per interval
         for cb in callbacks:
             cb.on_step_end(state)
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "samples": seen}
@@ -103,8 +105,10 @@ def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
 
 
 def is_better(metrics: dict, best: dict | None, monitor: str) -> bool:
-    if best is None:
+    if best is None or math.isnan(best[monitor]):
         return True
+    if math.isnan(metrics[monitor]):
+        return False
     if monitor.endswith("loss"):
         return metrics[monitor] < best[monitor]
     return metrics[monitor] > best[monitor]

@@ -69,23 +69,24 @@ class CNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        in_ch, height, width = input_shape
+        in_ch = input_shape[0]
         layers: list[nn.Module] = []
         for out_ch in channels:
             # Bias is redundant right before batch norm, which re-centres each channel.
-            layers.append(
-                nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
-            )
+            conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding="same", bias=not batch_norm)
+            layers.append(conv)
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_ch))
             layers += [_activation(activation), nn.MaxPool2d(2)]
-            in_ch, height, width = out_ch, height // 2, width // 2
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        height, width = input_shape[1] >> len(channels), input_shape[2] >> len(channels)
         if height < 1 or width < 1:
             raise UserError(
                 f"model.channels has {len(channels)} pooling stages, too many for "
-                f"{input_shape[1]}x{input_shape[2]} images: use fewer"
+                f"{input_shape[1]}x{input_shape[2]} images: use at most "
+                f"{min(input_shape[1:]).bit_length() - 1}"
             )
-        self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [
             nn.Flatten(),
             nn.Linear(in_ch * height * width, hidden),
