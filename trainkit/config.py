@@ -108,6 +108,56 @@ class CosineSchedulerConfig(SchedulerConfig):
 
 
 @dataclass
+class InitConfig:
+    name: str = "default"
+
+
+@dataclass
+class ScaledInitConfig(InitConfig):
+    scale: float = 0.01  # U[-scale, scale] or N(0, scale^2)
+
+
+@dataclass
+class ConstantInitConfig(InitConfig):
+    value: float = 0.0
+
+
+@dataclass
+class GainInitConfig(InitConfig):
+    gain: float = 1.0
+
+
+@dataclass
+class KaimingInitConfig(InitConfig):
+    mode: str = "fan_in"  # fan_in keeps forward activations' scale, fan_out the gradients'
+    nonlinearity: str = "relu"  # torch's gain table: relu -> sqrt(2), tanh -> 5/3, linear -> 1
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
+
+
+@dataclass
+class CrossEntropyConfig(LossConfig):
+    name: str = "cross_entropy"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class MSEConfig(LossConfig):
+    name: str = "mse"
+    outputs: str = "probabilities"  # what is compared to the one-hot target: probabilities | logits
+
+
+@dataclass
+class HingeConfig(LossConfig):
+    name: str = "hinge"
+    margin: float = 1.0
+    p: int = 1  # 1: hinge, 2: squared hinge
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 5
     batch_size: int = 128
@@ -126,24 +176,42 @@ class TrainerConfig:
 class Config:
     data: Any = MISSING
     model: Any = MISSING
+    init: Any = MISSING
+    loss: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = MISSING
+
+
+# conf/<group>/<option>.yaml names its schema as `- /schema/<group>/<name>@_here_`.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"data": DataConfig},
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig},
+    "init": {
+        "plain": InitConfig,
+        "scaled": ScaledInitConfig,
+        "constant": ConstantInitConfig,
+        "gain": GainInitConfig,
+        "kaiming": KaimingInitConfig,
+    },
+    "loss": {"cross_entropy": CrossEntropyConfig, "mse": MSEConfig, "hinge": HingeConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "scheduler": {
+        "none": SchedulerConfig,
+        "step": StepSchedulerConfig,
+        "cosine": CosineSchedulerConfig,
+    },
+    "trainer": {"trainer": TrainerConfig},
+}
 
 
 def register_schemas() -> None:
     """Put the schemas in Hydra's ConfigStore, where conf/*.yaml find them."""
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
-    cs.store(group="schema/data", name="data", node=DataConfig)
-    cs.store(group="schema/model", name="mlp", node=MLPConfig)
-    cs.store(group="schema/model", name="cnn", node=CNNConfig)
-    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
-    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
-    cs.store(group="schema/scheduler", name="none", node=SchedulerConfig)
-    cs.store(group="schema/scheduler", name="step", node=StepSchedulerConfig)
-    cs.store(group="schema/scheduler", name="cosine", node=CosineSchedulerConfig)
-    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
     # --help lists the groups of conf/ through this, leaving out the schema/ groups above.
     OmegaConf.register_new_resolver("trainkit_groups", config_groups_help, replace=True)
     OmegaConf.register_new_resolver("trainkit_dirname", shorten_aliases, replace=True)
@@ -232,7 +300,37 @@ def validate(cfg: DictConfig) -> list[str]:
         cfg.scheduler.interval in ("step", "epoch"),
         f"scheduler.interval={cfg.scheduler.interval}: choose step or epoch",
     )
+    errors += validate_init(cfg.init)
+    loss = cfg.loss
+    need(
+        0 <= loss.get("label_smoothing", 0) < 1, "loss.label_smoothing must be in [0, 1), e.g. 0.1"
+    )
+    need(loss.get("p", 1) in (1, 2), "loss.p must be 1 (hinge) or 2 (squared hinge)")
+    need(loss.get("margin", 1) > 0, "loss.margin must be > 0")
     errors += check_targets(cfg)
+    return errors
+
+
+def validate_init(init: DictConfig) -> list[str]:
+    from torch.nn.init import calculate_gain
+
+    from trainkit.init import SCHEMES
+
+    if init.name not in SCHEMES:
+        return [f"init.name={init.name}: choose one of {', '.join(SCHEMES)}"]
+    errors = []
+    if init.get("scale", 1) <= 0:
+        errors.append("init.scale must be > 0 (init=zeros sets every weight to 0)")
+    if init.get("mode", "fan_in") not in ("fan_in", "fan_out"):
+        errors.append(f"init.mode={init.mode}: choose fan_in or fan_out")
+    if "nonlinearity" in init:
+        try:
+            calculate_gain(init.nonlinearity)
+        except ValueError:
+            errors.append(
+                f"init.nonlinearity={init.nonlinearity}: use one of torch's names, "
+                "e.g. relu, leaky_relu, tanh, sigmoid, linear"
+            )
     return errors
 
 

@@ -17,7 +17,9 @@ from torch.optim import Optimizer
 from trainkit import console, data, runtime
 from trainkit.callbacks import Checkpointer, CSVLogger, TensorBoardLogger
 from trainkit.errors import UserError, first_line
+from trainkit.init import initialize
 from trainkit.loop import evaluate, fit, steps_per_epoch
+from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
 
 
@@ -53,6 +55,7 @@ def dry_build(cfg: DictConfig) -> None:
                 f"model cannot run on {cfg.data.name} images: {first_line(e)}"
             ) from None
         build_optimizer(cfg.optimizer, model)
+    build_loss(cfg.loss)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -64,10 +67,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     channels_last = cfg.trainer.channels_last and len(dataset.input_shape) == 3
     normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device, channels_last)
 
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).to(device)
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    initialize(model, cfg.init)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = build_loss(cfg.loss)
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(
         cfg.scheduler,
