@@ -7,12 +7,15 @@ on_epoch_end (with that epoch's metrics), on_fit_end (with the run's summary).
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import checkpoint
+from trainkit.schedule import current_momentum
 
 if TYPE_CHECKING:
     from trainkit.loop import FitState
@@ -31,9 +34,13 @@ class Callback:
 class TensorBoardLogger(Callback):
     """Epoch curves under loss/*, acc/* and lr (x axis: epoch), train and val on one chart."""
 
-    def __init__(self, run_dir: Path, config_yaml: str) -> None:
+    def __init__(
+        self, run_dir: Path, config_yaml: str, optimizer: Optimizer, every_n_steps: int
+    ) -> None:
         self.writer = SummaryWriter(log_dir=str(run_dir))
         self.config_yaml = config_yaml
+        self.optimizer = optimizer
+        self.every_n_steps = every_n_steps
 
     def on_fit_start(self, state: FitState) -> None:
         # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
@@ -47,12 +54,22 @@ class TensorBoardLogger(Callback):
         )
         self.writer.add_text("config", f"```yaml\n{self.config_yaml}\n```", 0)
 
+    def on_step_end(self, state: FitState) -> None:
+        # Per-step schedules change within an epoch: sample them on the optimizer-step axis.
+        if state.step % self.every_n_steps == 0:
+            self.writer.add_scalar("schedule/lr", self.optimizer.param_groups[0]["lr"], state.step)
+            momentum = current_momentum(self.optimizer)
+            if not math.isnan(momentum):
+                self.writer.add_scalar("schedule/momentum", momentum, state.step)
+
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
         epoch = metrics["epoch"]
         for split in ("train", "val"):
             self.writer.add_scalar(f"loss/{split}", metrics[f"{split}_loss"], epoch)
             self.writer.add_scalar(f"acc/{split}", metrics[f"{split}_acc"], epoch)
         self.writer.add_scalar("lr", metrics["lr"], epoch)
+        if not math.isnan(metrics["momentum"]):
+            self.writer.add_scalar("momentum", metrics["momentum"], epoch)
         self.writer.add_scalar("perf/samples_per_s", metrics["samples_per_s"], epoch)
         self.writer.flush()
 

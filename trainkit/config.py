@@ -88,6 +88,35 @@ class AdamConfig:
 
 
 @dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class RMSpropConfig:
+    _target_: str = "torch.optim.RMSprop"
+    _partial_: bool = True
+    lr: float = 1e-3
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+
+
+@dataclass
+class AdagradConfig:
+    _target_: str = "torch.optim.Adagrad"
+    _partial_: bool = True
+    lr: float = 1e-2
+    lr_decay: float = 0.0
+    weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+
+
+@dataclass
 class SchedulerConfig:
     name: str = "none"
     interval: str = "step"  # step the schedule after every optimizer `step` or every `epoch`
@@ -105,6 +134,52 @@ class StepSchedulerConfig(SchedulerConfig):
 class CosineSchedulerConfig(SchedulerConfig):
     name: str = "cosine"
     eta_min: float = 0.0  # the lr reached at the end of training
+
+
+@dataclass
+class MultiStepSchedulerConfig(SchedulerConfig):
+    name: str = "multistep"
+    interval: str = "epoch"
+    milestones: list[int] = field(default_factory=lambda: [3, 6])  # in units of `interval`
+    gamma: float = 0.1
+
+
+@dataclass
+class ExponentialSchedulerConfig(SchedulerConfig):
+    name: str = "exponential"
+    interval: str = "epoch"
+    gamma: float = 0.8
+
+
+@dataclass
+class WarmupCosineSchedulerConfig(SchedulerConfig):
+    name: str = "warmup_cosine"
+    warmup_fraction: float = 0.05  # share of the run spent ramping up linearly
+    warmup_start_factor: float = 0.01  # the ramp starts at this fraction of lr
+    eta_min: float = 0.0
+
+
+@dataclass
+class OneCycleSchedulerConfig(SchedulerConfig):
+    name: str = "onecycle"
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1.0e4
+    anneal_strategy: str = "cos"
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+
+
+@dataclass
+class PlateauSchedulerConfig(SchedulerConfig):
+    name: str = "plateau"
+    interval: str = "epoch"
+    factor: float = 0.1
+    patience: int = 2
+    threshold: float = 1.0e-4
+    cooldown: int = 0
+    min_lr: float = 0.0
 
 
 @dataclass
@@ -195,11 +270,22 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "kaiming": KaimingInitConfig,
     },
     "loss": {"cross_entropy": CrossEntropyConfig, "mse": MSEConfig, "hinge": HingeConfig},
-    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "optimizer": {
+        "sgd": SGDConfig,
+        "adam": AdamConfig,
+        "adamw": AdamWConfig,
+        "rmsprop": RMSpropConfig,
+        "adagrad": AdagradConfig,
+    },
     "scheduler": {
         "none": SchedulerConfig,
         "step": StepSchedulerConfig,
+        "multistep": MultiStepSchedulerConfig,
+        "exponential": ExponentialSchedulerConfig,
         "cosine": CosineSchedulerConfig,
+        "warmup_cosine": WarmupCosineSchedulerConfig,
+        "onecycle": OneCycleSchedulerConfig,
+        "plateau": PlateauSchedulerConfig,
     },
     "trainer": {"trainer": TrainerConfig},
 }
@@ -300,6 +386,17 @@ def validate(cfg: DictConfig) -> list[str]:
         cfg.scheduler.interval in ("step", "epoch"),
         f"scheduler.interval={cfg.scheduler.interval}: choose step or epoch",
     )
+    sch = cfg.scheduler
+    need(
+        sch.name != "plateau" or sch.interval == "epoch",
+        "scheduler=plateau watches the validation loss, known once per epoch: "
+        "set scheduler.interval=epoch",
+    )
+    need(0 <= sch.get("warmup_fraction", 0) < 1, "scheduler.warmup_fraction must be in [0, 1)")
+    need(0 < sch.get("pct_start", 0.5) < 1, "scheduler.pct_start must be in (0, 1)")
+    need(0 < sch.get("gamma", 0.5) <= 1, "scheduler.gamma must be in (0, 1]")
+    need(0 < sch.get("factor", 0.5) < 1, "scheduler.factor must be in (0, 1)")
+    need(sch.get("step_size", 1) >= 1, "scheduler.step_size must be >= 1")
     errors += validate_init(cfg.init)
     loss = cfg.loss
     need(

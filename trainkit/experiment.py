@@ -30,9 +30,20 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
         raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
 
 
+def param_groups(model: nn.Module) -> list[dict]:
+    """Weight decay for weight matrices and kernels only: biases and normalization scales/shifts
+    (every parameter with fewer than 2 dims) get none, as decaying them only hurts the fit.
+    Frozen parameters are left out."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2]},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
     try:
-        return instantiate(cfg)(params=model.parameters())
+        return instantiate(cfg)(params=param_groups(model))
     except (InstantiationException, ValueError, TypeError) as e:
         raise UserError(f"optimizer: {first_line(e.__cause__ or e)}") from None
 
@@ -92,7 +103,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
         console.ProgressPrinter(),
-        TensorBoardLogger(run_dir, OmegaConf.to_yaml(cfg)),
+        TensorBoardLogger(
+            run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps
+        ),
         CSVLogger(run_dir / "metrics.csv"),
         Checkpointer(run_dir / "checkpoints", snapshot, resolved),
     ]

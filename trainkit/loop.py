@@ -17,10 +17,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches
+from trainkit.schedule import current_momentum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,7 +121,7 @@ def fit(
     normalize: Normalizer,
     loss_fn: LossFn,
     optimizer: Optimizer,
-    scheduler: LRScheduler | None,
+    scheduler: LRScheduler | ReduceLROnPlateau | None,
     scheduler_interval: str,
     trainer: DictConfig,
     callbacks: Sequence[Callback],
@@ -134,7 +135,8 @@ def fit(
 
     for epoch in range(1, trainer.epochs + 1):
         state.epoch = epoch
-        lr = optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
+        lr = optimizer.param_groups[0]["lr"]  # the lr and momentum this epoch starts with
+        momentum = current_momentum(optimizer)
         for cb in callbacks:
             cb.on_epoch_start(state)
         start = time.perf_counter()
@@ -144,14 +146,18 @@ def fit(
             state, callbacks,
         )  # fmt: skip
         train_time = time.perf_counter() - start
-        if scheduler is not None and scheduler_interval == "epoch":
-            scheduler.step()
         val = evaluate(model, data.val, normalize, loss_fn, trainer.eval_batch_size)
+        if scheduler is not None and scheduler_interval == "epoch":
+            if isinstance(scheduler, ReduceLROnPlateau):
+                scheduler.step(val["loss"])
+            else:
+                scheduler.step()
 
         metrics = {
             "epoch": epoch,
             "step": state.step,
             "lr": lr,
+            "momentum": momentum,
             "train_loss": train["loss"],
             "train_acc": train["acc"],
             "val_loss": val["loss"],
