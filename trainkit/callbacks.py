@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
@@ -71,6 +72,9 @@ class TensorBoardLogger(Callback):
         if not math.isnan(metrics["momentum"]):
             self.writer.add_scalar("momentum", metrics["momentum"], epoch)
         self.writer.add_scalar("perf/samples_per_s", metrics["samples_per_s"], epoch)
+        for key, tag in [("l1", "loss/l1"), ("l2", "loss/l2"), ("grad_norm", "grad_norm/total")]:
+            if key in metrics:  # only when that regularizer is on
+                self.writer.add_scalar(tag, metrics[key], epoch)
         self.writer.flush()
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
@@ -113,6 +117,51 @@ class Checkpointer(Callback):
         checkpoint.save_atomic(ckpt, self.folder / "last.pt")
         if state.improved:
             checkpoint.save_atomic(ckpt, self.folder / "best.pt")
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs;
+    with `restore_best`, end with the weights of the best epoch (a copy kept on the device)."""
+
+    def __init__(self, cfg: Any, model: nn.Module) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.best = math.nan
+        self.best_epoch = 0
+        self.best_weights: dict | None = None
+        self.bad_epochs = 0
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if math.isnan(self.best):
+            return True
+        if self.cfg.mode == "min":
+            return value < self.best - self.cfg.min_delta
+        return value > self.best + self.cfg.min_delta
+
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        cfg = self.cfg
+        if self.improved(metrics[cfg.monitor]):
+            self.best, self.best_epoch, self.bad_epochs = metrics[cfg.monitor], state.epoch, 0
+            if cfg.restore_best:
+                self.best_weights = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= cfg.patience:
+            state.stop = True
+            state.stop_reason = (
+                f"early stopping after epoch {state.epoch}: {cfg.monitor} did not improve on "
+                f"{self.best:.4g} (epoch {self.best_epoch}) by more than {cfg.min_delta} "
+                f"for {cfg.patience} epochs"
+            )
+        last_epoch = state.stop or state.epoch == state.epochs
+        if last_epoch and self.best_weights is not None and self.best_epoch != state.epoch:
+            self.model.load_state_dict(self.best_weights)
+            reason = state.stop_reason or f"completed {state.epochs} epochs"
+            state.stop_reason = f"{reason}; restored the weights of epoch {self.best_epoch}"
 
 
 def _fmt(value: Any) -> Any:

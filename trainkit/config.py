@@ -233,6 +233,33 @@ class HingeConfig(LossConfig):
 
 
 @dataclass
+class AugmentConfig:
+    hflip: float = 0.0  # probability of a horizontal flip
+    translate: int = 0  # shift by up to this many pixels in x and in y
+    rotate: float = 0.0  # rotate by up to this many degrees either way
+    zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: str = "val_loss"  # val_loss | val_acc | train_loss | train_acc
+    mode: str = "min"  # min: lower is better; max: higher is better
+    patience: int = 5  # epochs without improvement before stopping
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    restore_best: bool = True  # end with the weights of the best epoch
+
+
+@dataclass
+class RegularizationConfig:
+    l1: float = 0.0  # adds l1 * sum|w| to the loss (weights, not biases or norms)
+    l2: float = 0.0  # adds l2/2 * sum w^2 to the loss: the explicit L2 penalty
+    clip_grad_norm: float | None = None  # rescale gradients to this total L2 norm at most
+    clip_grad_value: float | None = None  # clamp every gradient entry to [-v, v]
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 5
     batch_size: int = 128
@@ -253,6 +280,8 @@ class Config:
     model: Any = MISSING
     init: Any = MISSING
     loss: Any = MISSING
+    regularization: RegularizationConfig = MISSING
+    augment: AugmentConfig = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = MISSING
@@ -287,6 +316,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "onecycle": OneCycleSchedulerConfig,
         "plateau": PlateauSchedulerConfig,
     },
+    "regularization": {"regularization": RegularizationConfig},
+    "augment": {"augment": AugmentConfig},
     "trainer": {"trainer": TrainerConfig},
 }
 
@@ -397,6 +428,25 @@ def validate(cfg: DictConfig) -> list[str]:
     need(0 < sch.get("gamma", 0.5) <= 1, "scheduler.gamma must be in (0, 1]")
     need(0 < sch.get("factor", 0.5) < 1, "scheduler.factor must be in (0, 1)")
     need(sch.get("step_size", 1) >= 1, "scheduler.step_size must be >= 1")
+    reg = cfg.regularization
+    need(reg.l1 >= 0 and reg.l2 >= 0, "regularization.l1 and .l2 must be >= 0")
+    for key in ("clip_grad_norm", "clip_grad_value"):
+        need(reg[key] is None or reg[key] > 0, f"regularization.{key} must be > 0 (or null)")
+    stop = reg.early_stopping
+    need(
+        stop.monitor in ("val_loss", "val_acc", "train_loss", "train_acc"),
+        f"regularization.early_stopping.monitor={stop.monitor}: "
+        "choose val_loss, val_acc, train_loss or train_acc",
+    )
+    need(stop.mode in ("min", "max"), "regularization.early_stopping.mode: choose min or max")
+    need(stop.patience >= 1, "regularization.early_stopping.patience must be >= 1")
+    aug = cfg.augment
+    need(0 <= aug.hflip <= 1, "augment.hflip is a probability: 0..1")
+    need(aug.translate >= 0 and aug.rotate >= 0, "augment.translate and .rotate must be >= 0")
+    need(
+        len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
+        "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]",
+    )
     errors += validate_init(cfg.init)
     loss = cfg.loss
     need(

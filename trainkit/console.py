@@ -85,8 +85,9 @@ def print_summary(summary: dict) -> None:
     table.add_row(
         f"val (best, epoch {best['epoch']})", f"{best['val_loss']:.4f}", f"{best['val_acc']:.4f}"
     )
-    table.add_row("test (last epoch)", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
+    table.add_row("test", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
     console.print(table)
+    console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
     line = (
         f"{summary['epochs_run']} epochs in {summary['wall_time_s']:.1f}s, "
         f"{summary['train_samples_per_s']:,.0f} train samples/s on {summary['device']}; "

@@ -15,10 +15,11 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainkit import console, data, runtime
-from trainkit.callbacks import Checkpointer, CSVLogger, TensorBoardLogger
+from trainkit.augment import Augment
+from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.errors import UserError, first_line
 from trainkit.init import initialize
-from trainkit.loop import evaluate, fit, steps_per_epoch
+from trainkit.loop import Training, evaluate, fit, steps_per_epoch
 from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
 
@@ -109,17 +110,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         CSVLogger(run_dir / "metrics.csv"),
         Checkpointer(run_dir / "checkpoints", snapshot, resolved),
     ]
-    state = fit(
-        model,
-        dataset,
-        normalize,
-        loss_fn,
-        optimizer,
-        scheduler,
-        cfg.scheduler.interval,
-        cfg.trainer,
-        callbacks,
-    )
+    if cfg.regularization.early_stopping.enabled:  # after Checkpointer: last.pt is the last epoch
+        callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
+    augment = Augment(cfg.augment)
+    training = Training(
+        model, loss_fn, optimizer, scheduler, cfg.scheduler.interval, normalize,
+        augment if augment.active else None, cfg.regularization, cfg.trainer,
+    )  # fmt: skip
+    state = fit(training, dataset, callbacks)
     test = evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
 
     history = state.history
@@ -130,6 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "best": state.best,
         "test": test,
         "epochs_run": len(history),
+        "stop_reason": state.stop_reason or f"completed {len(history)} epochs",
         "wall_time_s": time.perf_counter() - start,
         "train_samples_per_s": sum(m["samples_per_s"] * m["train_time_s"] for m in history)
         / train_time,

@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from trainkit.augment import Augment
 from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches
 from trainkit.schedule import current_momentum
@@ -28,7 +29,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class FitState:
-    """What callbacks may read. The loop writes it; callbacks only set `stop`."""
+    """What callbacks may read. The loop writes it; callbacks only set `stop` and say why."""
 
     epochs: int
     steps_per_epoch: int
@@ -40,46 +41,93 @@ class FitState:
     best: dict | None = None  # the history row with the best monitored metric
     improved: bool = False  # this epoch set a new best
     stop: bool = False
+    stop_reason: str | None = None
+
+
+@dataclass
+class Training:
+    """Everything that decides the math of a training step, built once by experiment.py."""
+
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: Optimizer
+    scheduler: LRScheduler | ReduceLROnPlateau | None
+    scheduler_interval: str  # "step": after every optimizer step; "epoch": after validation
+    normalize: Normalizer
+    augment: Augment | None  # training batches only
+    reg: DictConfig  # the regularization group
+    trainer: DictConfig  # the trainer group
+
+    def __post_init__(self) -> None:
+        # Penalties and decay apply to weight matrices and kernels, not biases or norm layers.
+        self.penalized = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
 
 def train_epoch(
-    model: nn.Module,
+    t: Training,
     train: Split,
-    normalize: Normalizer,
-    loss_fn: LossFn,
-    optimizer: Optimizer,
-    step_scheduler: LRScheduler | None,
-    trainer: DictConfig,
     generator: torch.Generator,
     state: FitState,
     callbacks: Sequence[Callback],
 ) -> dict[str, float]:
-    """One pass over `train` in a fresh random order; `step_scheduler` steps after every batch."""
+    """One pass over `train` in a fresh random order. Returns the epoch's mean data loss,
+    accuracy and sample count, plus the mean L1/L2 penalties and pre-clip gradient norm when
+    those are on."""
+    model, reg = t.model, t.reg
     model.train()
+    keep_frozen_norms_in_eval(model)
     device = train.labels.device
-    loss_sum = torch.zeros((), device=device)
+    zero = torch.zeros((), device=device)
+    sums = {"loss": zero.clone(), "l1": zero.clone(), "l2": zero.clone(), "grad_norm": zero.clone()}
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for i, (images, labels) in enumerate(batches(train, trainer.batch_size, generator)):
+    seen = steps = 0
+    for i, (images, labels) in enumerate(batches(train, t.trainer.batch_size, generator)):
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
             break
-        logits = model(normalize(images))
-        loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
+        x = t.augment(images) if t.augment is not None else images
+        logits = model(t.normalize(x))
+        data_loss = t.loss_fn(logits, labels)
+        loss = data_loss
+        if reg.l1 > 0:
+            l1 = reg.l1 * sum(p.abs().sum() for p in t.penalized)
+            loss = loss + l1
+            sums["l1"] += l1.detach()
+        if reg.l2 > 0:
+            l2 = reg.l2 / 2 * sum(p.pow(2).sum() for p in t.penalized)
+            loss = loss + l2
+            sums["l2"] += l2.detach()
+        t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if step_scheduler is not None:
-            step_scheduler.step()
+        if reg.clip_grad_norm is not None:  # returns the total norm before clipping
+            sums["grad_norm"] += nn.utils.clip_grad_norm_(t.trainable, reg.clip_grad_norm)
+        if reg.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(t.trainable, reg.clip_grad_value)
+        t.optimizer.step()
+        if t.scheduler is not None and t.scheduler_interval == "step":
+            t.scheduler.step()
 
         state.step += 1
-        loss_sum += loss.detach() * len(labels)
+        steps += 1
+        sums["loss"] += data_loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
-        if i % trainer.log_every_n_steps == 0:
-            state.running_loss = loss_sum.item() / seen  # a sync point: once per interval
+        if i % t.trainer.log_every_n_steps == 0:
+            state.running_loss = sums["loss"].item() / seen  # a sync point: once per interval
         for cb in callbacks:
             cb.on_step_end(state)
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "samples": seen}
+    out = {"loss": sums["loss"].item() / seen, "acc": correct.item() / seen, "samples": seen}
+    on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
+    out |= {key: sums[key].item() / steps for key, enabled in on.items() if enabled}
+    return out
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """A frozen batch-norm layer keeps its running statistics: train mode would update them."""
+    for module in model.modules():
+        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if is_norm and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 @torch.inference_mode()
@@ -115,18 +163,9 @@ def is_better(metrics: dict, best: dict | None, monitor: str) -> bool:
     return metrics[monitor] > best[monitor]
 
 
-def fit(
-    model: nn.Module,
-    data: Data,
-    normalize: Normalizer,
-    loss_fn: LossFn,
-    optimizer: Optimizer,
-    scheduler: LRScheduler | ReduceLROnPlateau | None,
-    scheduler_interval: str,
-    trainer: DictConfig,
-    callbacks: Sequence[Callback],
-) -> FitState:
-    """Train for trainer.epochs, evaluating on validation after each epoch."""
+def fit(t: Training, data: Data, callbacks: Sequence[Callback]) -> FitState:
+    """Train for trainer.epochs (or until a callback stops it), validating after each epoch."""
+    trainer = t.trainer
     state = FitState(trainer.epochs, steps_per_epoch(len(data.train), trainer))
     # Its own generator, so the batch order depends on the seed alone, not on what else ran.
     generator = torch.Generator().manual_seed(trainer.seed)
@@ -135,23 +174,19 @@ def fit(
 
     for epoch in range(1, trainer.epochs + 1):
         state.epoch = epoch
-        lr = optimizer.param_groups[0]["lr"]  # the lr and momentum this epoch starts with
-        momentum = current_momentum(optimizer)
+        lr = t.optimizer.param_groups[0]["lr"]  # the lr and momentum this epoch starts with
+        momentum = current_momentum(t.optimizer)
         for cb in callbacks:
             cb.on_epoch_start(state)
         start = time.perf_counter()
-        per_step = scheduler if scheduler_interval == "step" else None
-        train = train_epoch(
-            model, data.train, normalize, loss_fn, optimizer, per_step, trainer, generator,
-            state, callbacks,
-        )  # fmt: skip
+        train = train_epoch(t, data.train, generator, state, callbacks)
         train_time = time.perf_counter() - start
-        val = evaluate(model, data.val, normalize, loss_fn, trainer.eval_batch_size)
-        if scheduler is not None and scheduler_interval == "epoch":
-            if isinstance(scheduler, ReduceLROnPlateau):
-                scheduler.step(val["loss"])
+        val = evaluate(t.model, data.val, t.normalize, t.loss_fn, trainer.eval_batch_size)
+        if t.scheduler is not None and t.scheduler_interval == "epoch":
+            if isinstance(t.scheduler, ReduceLROnPlateau):
+                t.scheduler.step(val["loss"])
             else:
-                scheduler.step()
+                t.scheduler.step()
 
         metrics = {
             "epoch": epoch,
@@ -162,6 +197,7 @@ def fit(
             "train_acc": train["acc"],
             "val_loss": val["loss"],
             "val_acc": val["acc"],
+            **{key: train[key] for key in ("l1", "l2", "grad_norm") if key in train},
             "train_time_s": train_time,
             "samples_per_s": train["samples"] / train_time,
             "epoch_time_s": time.perf_counter() - start,
