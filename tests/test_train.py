@@ -165,3 +165,15 @@ def test_same_seed_same_numbers_other_seed_other_numbers(
     a, b, c = ([r[k] for r in read_metrics(tmp_path / n) for k in keys] for n in "abc")
     assert a == b and a != c
     assert runs["a"]["test"] == runs["b"]["test"]
+
+
+def test_early_stopping_ends_the_run_and_says_why(fmnist_slice: Path, tmp_path: Path) -> None:
+    # Train loss falls every epoch, so with mode=max it "never improves" after epoch 1.
+    overrides = [*small_overrides(fmnist_slice), "epochs=5", "regularization=early_stopping",
+                 "regularization.early_stopping.monitor=train_loss",
+                 "regularization.early_stopping.mode=max",
+                 "regularization.early_stopping.patience=1"]  # fmt: skip
+    summary = train(overrides, tmp_path)
+    assert summary["epochs_run"] == 2 and len(read_metrics(tmp_path)) == 2
+    assert summary["stop_reason"].startswith("early stopping after epoch 2: train_loss")
+    assert summary["stop_reason"].endswith("restored the weights of epoch 1")

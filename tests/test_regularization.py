@@ -1,0 +1,187 @@
+"""Regularizers and augmentation, through the real training step."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from trainkit.augment import Augment, random_translate
+from trainkit.callbacks import EarlyStopping
+from trainkit.data import Normalizer, Split
+from trainkit.loop import FitState, Training, train_epoch
+
+from .conftest import compose_config
+
+
+def one_step(model: nn.Module, *overrides: str, data_loss_zero: bool = True) -> dict:
+    """One real training step with SGD lr=1, so a parameter's change is minus its gradient."""
+    cfg = compose_config(["optimizer=sgd", "lr=1.0", "batch_size=4", *overrides])
+    split = Split(
+        torch.randint(0, 256, (4, 1, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 2, 0])
+    )
+
+    def zero_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (logits * 0).sum()  # no data gradient: only the penalty moves the weights
+
+    loss_fn = zero_loss if data_loss_zero else nn.functional.cross_entropy
+    t = Training(
+        model, loss_fn, torch.optim.SGD(model.parameters(), lr=1.0), None, "step",
+        Normalizer([0.5], [0.5], torch.device("cpu")), None, cfg.regularization, cfg.trainer,
+    )  # fmt: skip
+    return train_epoch(t, split, torch.Generator().manual_seed(0), FitState(1, 1), [])
+
+
+def linear() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+
+
+def test_l1_gradient_is_lambda_times_sign_of_w_and_biases_are_spared() -> None:
+    model = linear()
+    w0, b0 = model[1].weight.detach().clone(), model[1].bias.detach().clone()
+    out = one_step(model, "regularization=l1", "regularization.l1=0.01")
+    torch.testing.assert_close(w0 - model[1].weight.detach(), 0.01 * torch.sign(w0))
+    assert torch.equal(model[1].bias.detach(), b0)
+    assert out["l1"] == pytest.approx(0.01 * w0.abs().sum().item(), rel=1e-5)
+
+
+def test_l2_penalty_gradient_is_lambda_times_w() -> None:
+    model = linear()
+    w0 = model[1].weight.detach().clone()
+    out = one_step(model, "regularization=l2", "regularization.l2=0.1")
+    torch.testing.assert_close(w0 - model[1].weight.detach(), 0.1 * w0)
+    assert out["l2"] == pytest.approx(0.05 * w0.pow(2).sum().item(), rel=1e-5)
+
+
+def test_clip_by_norm_logs_the_norm_before_clipping_and_caps_the_step() -> None:
+    model = linear()
+    w0 = model[1].weight.detach().clone()
+    out = one_step(model, "regularization.l2=1.0", "regularization.clip_grad_norm=0.01")
+    assert out["grad_norm"] == pytest.approx(w0.norm().item(), rel=1e-5)  # grad = 1.0 * w
+    assert (w0 - model[1].weight.detach()).norm().item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_clip_by_value_clamps_every_entry() -> None:
+    model = linear()
+    w0 = model[1].weight.detach().clone()
+    one_step(model, "regularization.l2=1.0", "regularization.clip_grad_value=0.05")
+    torch.testing.assert_close(w0 - model[1].weight.detach(), w0.clamp(-0.05, 0.05))
+
+
+def scripted_early_stopping(curve: list[float], **cfg: object) -> tuple[FitState, nn.Module]:
+    """Feed a scripted val_loss curve; the model's weight records the epoch it was saved at."""
+    model = nn.Linear(1, 1, bias=False)
+    settings = {"monitor": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.0,
+                "restore_best": True} | cfg  # fmt: skip
+    stopper = EarlyStopping(OmegaConf.create(settings), model)
+    state = FitState(epochs=len(curve), steps_per_epoch=1)
+    for epoch, value in enumerate(curve, start=1):
+        state.epoch = epoch
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # "training" changes the weights every epoch
+        stopper.on_epoch_end(state, {"val_loss": value})
+        if state.stop:
+            break
+    return state, model
+
+
+def test_early_stopping_stops_at_the_expected_epoch_and_restores_the_best_weights() -> None:
+    state, model = scripted_early_stopping([1.0, 0.8, 0.7, 0.75, 0.72, 0.6, 0.5])
+    # Best 0.7 at epoch 3; epochs 4 and 5 do not improve: patience 2 runs out at epoch 5.
+    assert state.stop and state.epoch == 5
+    assert model.weight.item() == 3.0
+    assert state.stop_reason == (
+        "early stopping after epoch 5: val_loss did not improve on 0.7 (epoch 3) by more than "
+        "0.0 for 2 epochs; restored the weights of epoch 3"
+    )
+
+
+def test_min_delta_counts_small_gains_as_no_gain() -> None:
+    state, _ = scripted_early_stopping([1.0, 0.99, 0.985, 0.98], min_delta=0.05)
+    assert state.stop and state.epoch == 3
+
+
+def test_without_restore_the_last_weights_stay() -> None:
+    state, model = scripted_early_stopping([1.0, 2.0, 3.0], restore_best=False)
+    assert state.stop and model.weight.item() == 3.0
+
+
+def test_augment_gives_each_sample_its_own_shift_and_flip() -> None:
+    torch.manual_seed(0)
+    image = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
+    batch = image.expand(32, 1, 8, 8)
+    out = Augment(compose_config(["augment=standard"]).augment)(batch)
+    distinct = {tuple(x.flatten().tolist()) for x in out}
+    assert len(distinct) > 10  # identical inputs, different outputs
+    # Each output is the input flipped or not, shifted by some (dy, dx) within 2 px, zero-filled.
+    padded = nn.functional.pad(image.float(), (2, 2, 2, 2))[0, 0]
+    candidates = [
+        view
+        for source in (padded, padded.flip(1))
+        for dy in range(5)
+        for dx in range(5)
+        for view in [source[dy : dy + 8, dx : dx + 8]]
+    ]
+    for x in out:
+        assert any(torch.equal(x[0], c) for c in candidates)
+
+
+def test_translate_keeps_the_image_within_its_frame() -> None:
+    x = torch.ones(16, 3, 5, 5)
+    out = random_translate(x, 1)
+    assert out.shape == x.shape
+    # A shift of up to one pixel blanks at most one row and one column.
+    assert torch.all(out.sum(dim=(1, 2, 3)) >= 3 * 16)
+
+
+def test_affine_rotation_and_zoom_vary_per_sample() -> None:
+    torch.manual_seed(0)
+    batch = torch.zeros(8, 1, 16, 16, dtype=torch.uint8)
+    batch[:, :, 4:12, 7:9] = 255  # a vertical bar
+    out = Augment(compose_config(["augment=affine"]).augment)(batch)
+    assert out.dtype == torch.float32 and out.shape == batch.shape
+    assert len({tuple(x.flatten().round().tolist()) for x in out}) == 8
+
+
+def test_augmentation_touches_training_batches_only(
+    fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainkit.experiment import run
+
+    from .conftest import small_overrides
+
+    sizes: list[int] = []
+    original = Augment.__call__
+
+    def spy(self: Augment, images: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(Augment, "__call__", spy)
+    run(compose_config([*small_overrides(fmnist_slice), "augment=standard"]), tmp_path)
+    # 2 epochs x 10 training batches of 100; validation (200) and test (400) never pass through.
+    assert sizes == [100] * 20
+
+
+def test_penalties_and_grad_norm_reach_metrics_and_tensorboard(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainkit.experiment import run
+
+    from .conftest import small_overrides
+
+    overrides = [*small_overrides(fmnist_slice), "regularization.l1=1e-5",
+                 "regularization.l2=1e-4", "regularization.clip_grad_norm=5.0"]  # fmt: skip
+    summary = run(compose_config(overrides), tmp_path)
+    final = summary["final"]
+    assert final["l1"] > 0 and final["l2"] > 0 and math.isfinite(final["grad_norm"])
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"loss/l1", "loss/l2", "grad_norm/total"} <= set(events.Tags()["scalars"])
