@@ -81,7 +81,12 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_overrides(fmnist_root: Path, model: str = "mlp") -> list[str]:
     """A run that takes a second or two: the slice, 200 of it for validation, a small model."""
-    model_size = {"mlp": ["model.hidden=[64]"], "cnn": ["model.channels=[8,16]", "model.hidden=32"]}
+    model_size = {
+        "mlp": ["model.hidden=[64]"],
+        "cnn": ["model.channels=[8,16]", "model.hidden=32"],
+        "resnet": ["model.widths=[8,16]", "model.blocks=1"],
+        "torchvision": ["model.arch=resnet18"],
+    }
     return [
         f"data.root={fmnist_root}",
         "data.val_size=200",

@@ -26,6 +26,7 @@ def data_cfg(root: Path, name: str = "fashion_mnist", **kw: object):
         "train_size": None,
         "test_size": None,
         "split_seed": 0,
+        "classes": None,
         "mean": [0.5] * (3 if name == "cifar10" else 1),
         "std": [0.25] * (3 if name == "cifar10" else 1),
     }

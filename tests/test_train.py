@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from trainkit.experiment import run
+from trainkit.experiment import build_model, run
 
 from .conftest import GROUP_OPTIONS, compose_config, small_overrides
 
@@ -122,10 +121,8 @@ def test_run_writes_curves_summary_and_checkpoints(fmnist_slice: Path, tmp_path:
     best_ckpt = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert last["epoch"] == 3 and best_ckpt["epoch"] == best["epoch"]
     assert last["config"]["model"]["_target_"] == "trainkit.models.MLP"
-    model = instantiate(
-        compose_config(["model=mlp", "model.hidden=[64]"]).model,
-        input_shape=(1, 28, 28),
-        num_classes=10,
+    model = build_model(
+        compose_config(["model=mlp", "model.hidden=[64]"]).model, (1, 28, 28), num_classes=10
     )
     model.load_state_dict(last["model"])
     assert {"optimizer", "scheduler", "torch_rng", "metrics"} <= set(last)

@@ -41,20 +41,34 @@ class DataConfig:
     train_size: float | None = None  # of what is left: a count (> 1), a fraction (<= 1), None: all
     test_size: int | None = None  # evaluate on the first N test samples; None = all
     split_seed: int = 0  # fixes which samples go to validation, whatever trainer.seed is
+    classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 in this order
     mean: list[float] = MISSING  # per-channel normalization, on the 0..1 scale
     std: list[float] = MISSING
 
 
 @dataclass
-class MLPConfig:
-    _target_: str = "trainkit.models.MLP"
-    hidden: list[int] = field(default_factory=lambda: [256, 128])
-    activation: str = "relu"
-    dropout: float = 0.0
+class ModelConfig:
+    # Transfer learning, for every model: start from a trainkit checkpoint (a .pt file or a run
+    # folder), replace the head if the class count differs, freeze parameters by name prefix.
+    from_checkpoint: str | None = None
+    freeze: list[str] = field(default_factory=list)  # e.g. [features] or [net.fc1, net.fc2]
+
+
+TRANSFER_KEYS = ("from_checkpoint", "freeze")  # read by trainkit, not passed to the model class
 
 
 @dataclass
-class CNNConfig:
+class MLPConfig(ModelConfig):
+    _target_: str = "trainkit.models.MLP"
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    activation: str = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0
+    input_dropout: float = 0.0
+
+
+@dataclass
+class CNNConfig(ModelConfig):
     _target_: str = "trainkit.models.CNN"
     channels: list[int] = field(default_factory=lambda: [32, 64])
     kernel_size: int = 3
@@ -62,6 +76,25 @@ class CNNConfig:
     activation: str = "relu"
     batch_norm: bool = False
     dropout: float = 0.0
+    input_dropout: float = 0.0
+
+
+@dataclass
+class ResNetConfig(ModelConfig):
+    _target_: str = "trainkit.models.ResNet"
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    blocks: int = 2
+    residual: bool = True
+    activation: str = "relu"
+    batch_norm: bool = True
+
+
+@dataclass
+class TorchvisionConfig(ModelConfig):
+    _target_: str = "trainkit.models.TorchvisionNet"
+    arch: str = "resnet18"
+    pretrained: bool = False
+    small_input_stem: bool = True
 
 
 @dataclass
@@ -290,7 +323,12 @@ class Config:
 # conf/<group>/<option>.yaml names its schema as `- /schema/<group>/<name>@_here_`.
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"data": DataConfig},
-    "model": {"mlp": MLPConfig, "cnn": CNNConfig},
+    "model": {
+        "mlp": MLPConfig,
+        "cnn": CNNConfig,
+        "resnet": ResNetConfig,
+        "torchvision": TorchvisionConfig,
+    },
     "init": {
         "plain": InitConfig,
         "scaled": ScaledInitConfig,
@@ -404,6 +442,8 @@ def validate(cfg: DictConfig) -> list[str]:
     need(all(s > 0 for s in d.std), "data.std values must be > 0")
 
     need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
+    need(0 <= cfg.model.get("input_dropout", 0) < 1, "model.input_dropout must be in [0, 1)")
+    need(cfg.model.get("blocks", 1) >= 1, "model.blocks must be >= 1")
     need(cfg.model.get("kernel_size", 1) >= 1, "model.kernel_size must be >= 1, e.g. 3")
     opt = cfg.optimizer
     need(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum must be in [0, 1)")

@@ -249,6 +249,11 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
             raise UserError(missing_message(cfg))
         found = download(cfg)
     train_x, train_y, test_x, test_y = spec(cfg).read(found)
+    if cfg.classes:
+        (train_x, train_y), (test_x, test_y) = (
+            keep_classes(train_x, train_y, list(cfg.classes)),
+            keep_classes(test_x, test_y, list(cfg.classes)),
+        )
 
     n_val = _count(cfg.val_size, len(train_y) - 1, "data.val_size")
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
@@ -265,9 +270,22 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         train=split(train_x, train_y, train_idx),
         val=split(train_x, train_y, val_idx),
         test=split(test_x, test_y, slice(0, n_test)),
-        num_classes=int(train_y.max()) + 1,
+        num_classes=len(cfg.classes) if cfg.classes else int(train_y.max()) + 1,
         source=found,
     )
+
+
+def keep_classes(
+    images: np.ndarray, labels: np.ndarray, classes: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of `classes` only, their labels renumbered 0..k-1 in the order given."""
+    present = set(np.unique(labels).tolist())
+    if not set(classes) <= present or len(set(classes)) != len(classes):
+        raise UserError(f"data.classes={classes}: list distinct labels among {sorted(present)}")
+    keep = np.isin(labels, classes)
+    relabel = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    return images[keep], relabel[labels[keep]]
 
 
 class Normalizer:

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, runtime
+from trainkit import console, data, runtime, transfer
 from trainkit.augment import Augment
 from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
+from trainkit.config import TRANSFER_KEYS
 from trainkit.errors import UserError, first_line
 from trainkit.init import initialize
 from trainkit.loop import Training, evaluate, fit, steps_per_epoch
@@ -25,8 +26,10 @@ from trainkit.schedule import build_scheduler
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The model class's own arguments: the transfer keys are trainkit's (transfer.py)."""
+    args = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in TRANSFER_KEYS])
     try:
-        return instantiate(cfg, input_shape=input_shape, num_classes=num_classes)
+        return instantiate(args, input_shape=input_shape, num_classes=num_classes)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
         raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
 
@@ -59,7 +62,8 @@ def dry_build(cfg: DictConfig) -> None:
             f"{spec.input_shape[0]} channel(s)"
         )
     with torch.device("meta"):
-        model = build_model(cfg.model, spec.input_shape, num_classes=10)
+        n_classes = len(cfg.data.classes) if cfg.data.classes else 10
+        model = build_model(cfg.model, spec.input_shape, n_classes)
         try:
             model(torch.empty(2, *spec.input_shape))
         except RuntimeError as e:
@@ -81,6 +85,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     initialize(model, cfg.init)
+    if cfg.model.from_checkpoint or cfg.model.freeze:
+        replaced = transfer.apply(model, cfg.model)
+        if replaced:
+            console.console.print(f"not loaded (new shape, initialized): {', '.join(replaced)}")
+        console.console.print(transfer.parameter_table(model))
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
