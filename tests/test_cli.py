@@ -92,8 +92,8 @@ BAD_INPUTS = [
         "nesterov, rmsprop, sgd",
     ),
     (["model=transformer"], "model=transformer: no such option; choose one of cnn, mlp"),
-    (["model.activation=swish"], "model cannot be built: model.activation=swish: choose one of"),
-    (["model.channels=[8,8,8,8,8]"], "model cannot be built: model.channels has 5 pooling stages"),
+    (["model.activation=swish"], "model.activation=swish: choose one of"),
+    (["model.channels=[8,8,8,8,8]"], "model.channels has 5 pooling stages"),
     (
         ["optimizer=sgd", "optimizer.nesterov=true"],
         "optimizer: Nesterov momentum requires a momentum",

@@ -162,3 +162,17 @@ def test_batches_cover_every_sample_once_and_shuffle_by_generator() -> None:
     assert sorted(flat.tolist()) == list(range(10)) and flat.tolist() != list(range(10))
     again = torch.cat([y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))])
     assert torch.equal(flat, again)
+
+
+def test_classes_keeps_those_classes_relabelled_in_order(fmnist_slice: Path) -> None:
+    full = data.load(data_cfg(fmnist_slice, val_size=0.1), torch.device("cpu"))
+    some = data.load(data_cfg(fmnist_slice, val_size=0.1, classes=[7, 2]), torch.device("cpu"))
+    assert some.num_classes == 2
+    n_test = int(((full.test.labels == 7) | (full.test.labels == 2)).sum())
+    assert len(some.test) == n_test and set(some.test.labels.tolist()) == {0, 1}
+    # Label 0 is class 7: the same images as class 7 of the full test set.
+    assert torch.equal(
+        some.test.images[some.test.labels == 0], full.test.images[full.test.labels == 7]
+    )
+    with pytest.raises(UserError, match=r"data.classes=\[3, 3\]: list distinct labels"):
+        data.load(data_cfg(fmnist_slice, classes=[3, 3]), torch.device("cpu"))

@@ -78,6 +78,7 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
+        self.writer.add_text("stop_reason", summary["stop_reason"], state.epoch)
         self.writer.add_scalar("loss/test", summary["test"]["loss"], state.epoch)
         self.writer.add_scalar("acc/test", summary["test"]["acc"], state.epoch)
         self.writer.close()

@@ -31,6 +31,8 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
     try:
         return instantiate(args, input_shape=input_shape, num_classes=num_classes)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
         raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
 
 
