@@ -72,7 +72,6 @@ def test_cifar10_trains_from_its_python_batches(cifar_root: Path, tmp_path: Path
     ]
     summary = train(overrides, tmp_path)
     assert summary["dataset"] == {
-        "name": "cifar10",
         "source": str(cifar_root / "cifar-10-batches-py"),
         "train": 180,
         "val": 20,

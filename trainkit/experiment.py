@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoa
 from trainkit.config import TRANSFER_KEYS
 from trainkit.errors import UserError, first_line
 from trainkit.init import initialize
-from trainkit.loop import Training, evaluate, fit, steps_per_epoch
+from trainkit.loop import FitState, Training, evaluate, fit, steps_per_epoch
 from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
 
@@ -72,8 +73,39 @@ def dry_build(cfg: DictConfig) -> None:
             raise UserError(
                 f"model cannot run on {cfg.data.name} images: {first_line(e)}"
             ) from None
+        with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
+            warnings.simplefilter("ignore")
+            transfer.apply(model, cfg.model)
         build_optimizer(cfg.optimizer, model)
     build_loss(cfg.loss)
+
+
+def summarize(
+    state: FitState, test: dict, run_dir: Path, dataset: data.Data, model: nn.Module, wall: float
+) -> dict:
+    """summary.json: final, best and test metrics, why the run ended, speed and provenance."""
+    history = state.history
+    return {
+        "run_dir": str(run_dir),
+        "final": history[-1],
+        "best": state.best,
+        "test": test,
+        "epochs_run": len(history),
+        "stop_reason": state.stop_reason or f"completed {len(history)} epochs",
+        "wall_time_s": wall,
+        "train_samples_per_s": sum(m["samples_per_s"] * m["train_time_s"] for m in history)
+        / sum(m["train_time_s"] for m in history),
+        "device": str(dataset.train.labels.device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dataset": {
+            "source": str(dataset.source),
+            "train": len(dataset.train),
+            "val": len(dataset.val),
+            "test": len(dataset.test),
+        },
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -131,30 +163,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     state = fit(training, dataset, callbacks)
     test = evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
 
-    history = state.history
-    train_time = sum(m["train_time_s"] for m in history)
-    summary = {
-        "run_dir": str(run_dir),
-        "final": history[-1],
-        "best": state.best,
-        "test": test,
-        "epochs_run": len(history),
-        "stop_reason": state.stop_reason or f"completed {len(history)} epochs",
-        "wall_time_s": time.perf_counter() - start,
-        "train_samples_per_s": sum(m["samples_per_s"] * m["train_time_s"] for m in history)
-        / train_time,
-        "device": str(device),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dataset": {
-            "name": cfg.data.name,
-            "source": str(dataset.source),
-            "train": len(dataset.train),
-            "val": len(dataset.val),
-            "test": len(dataset.test),
-        },
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for cb in callbacks:
         cb.on_fit_end(state, summary)
