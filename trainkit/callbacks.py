@@ -79,8 +79,17 @@ class TensorBoardLogger(Callback):
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
         self.writer.add_text("stop_reason", summary["stop_reason"], state.epoch)
-        self.writer.add_scalar("loss/test", summary["test"]["loss"], state.epoch)
-        self.writer.add_scalar("acc/test", summary["test"]["acc"], state.epoch)
+        diagnosis = summary["diagnosis"]
+        advice = "\n".join(f"- {a}" for a in diagnosis["advice"])
+        evidence = "\n".join(f"- {k}: {v:.4g}" for k, v in diagnosis["evidence"].items())
+        self.writer.add_text(
+            "verdict",
+            f"**{diagnosis['verdict']}**\n\n{evidence}\n\nworth trying:\n{advice}",
+            state.epoch,
+        )
+        if math.isfinite(summary["test"]["acc"]):
+            self.writer.add_scalar("loss/test", summary["test"]["loss"], state.epoch)
+            self.writer.add_scalar("acc/test", summary["test"]["acc"], state.epoch)
         self.writer.close()
 
 
@@ -100,14 +109,15 @@ class CSVLogger(Callback):
 
 
 class Checkpointer(Callback):
-    """checkpoints/last.pt after every epoch and best.pt when the monitored metric improves."""
+    """checkpoints/last.pt at the start (epoch 0, so a run that diverges in its first epoch
+    still leaves one) and after every epoch; best.pt when the monitored metric improves."""
 
     def __init__(self, folder: Path, snapshot: Any, config: dict) -> None:
         self.folder = folder
         self.snapshot = snapshot  # () -> dict of model/optimizer/scheduler/RNG state
         self.config = config
 
-    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+    def save(self, state: FitState, metrics: dict | None, names: list[str]) -> None:
         ckpt = {
             **self.snapshot(),
             "epoch": state.epoch,
@@ -115,9 +125,14 @@ class Checkpointer(Callback):
             "metrics": metrics,
             "config": self.config,
         }
-        checkpoint.save_atomic(ckpt, self.folder / "last.pt")
-        if state.improved:
-            checkpoint.save_atomic(ckpt, self.folder / "best.pt")
+        for name in names:
+            checkpoint.save_atomic(ckpt, self.folder / name)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.save(state, None, ["last.pt"])
+
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        self.save(state, metrics, ["last.pt", "best.pt"] if state.improved else ["last.pt"])
 
 
 class EarlyStopping(Callback):

@@ -293,6 +293,25 @@ class RegularizationConfig:
 
 
 @dataclass
+class VerdictConfig:
+    overfit_gap: float = 0.05  # train acc - val acc above this: overfit
+    overfit_rise: float = 0.1  # val loss risen this much (relative) above its best: overfit
+    underfit_acc: float = 0.8  # train acc below this: underfit
+    plateau_epochs: int = 3  # window for the plateau rule
+    plateau_delta: float = 0.01  # val loss gains below this (relative) per epoch: plateaued
+
+
+@dataclass
+class DiagnosticsConfig:
+    enabled: bool = True
+    every_n_steps: int = 100  # per-layer signals sampled every N optimizer steps
+    histograms_every_n_epochs: int = 1  # 0: no histograms
+    vanishing_ratio: float = 1.0e-3  # first/last layer gradient-norm ratio that warns
+    exploding_factor: float = 100.0  # total gradient norm this many x its median warns
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 5
     batch_size: int = 128
@@ -315,6 +334,7 @@ class Config:
     loss: Any = MISSING
     regularization: RegularizationConfig = MISSING
     augment: AugmentConfig = MISSING
+    diagnostics: DiagnosticsConfig = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = MISSING
@@ -356,6 +376,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     },
     "regularization": {"regularization": RegularizationConfig},
     "augment": {"augment": AugmentConfig},
+    "diagnostics": {"diagnostics": DiagnosticsConfig},
     "trainer": {"trainer": TrainerConfig},
 }
 
@@ -487,6 +508,10 @@ def validate(cfg: DictConfig) -> list[str]:
         len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
         "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]",
     )
+    diag = cfg.diagnostics
+    need(diag.every_n_steps >= 1, "diagnostics.every_n_steps must be >= 1")
+    need(diag.histograms_every_n_epochs >= 0, "diagnostics.histograms_every_n_epochs must be >= 0")
+    need(diag.verdict.plateau_epochs >= 1, "diagnostics.verdict.plateau_epochs must be >= 1")
     errors += validate_init(cfg.init)
     loss = cfg.loss
     need(

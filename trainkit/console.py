@@ -29,6 +29,24 @@ def print_config(cfg: DictConfig) -> None:
     console.print(tree)
 
 
+def print_diagnosis(diagnosis: dict) -> None:
+    e = diagnosis["evidence"]
+    evidence = (
+        f"train acc {e['train_acc']:.3f}, val acc {e['val_acc']:.3f} (gap {e['acc_gap']:+.3f}); "
+        f"best val loss {e['best_val_loss']:.4f} at epoch {e['best_epoch']}, "
+        f"now {e['val_loss_rise_since_best']:+.1%} from it"
+    )
+    console.print(f"[bold]verdict: {diagnosis['verdict']}[/] ({evidence})", soft_wrap=True)
+    console.print("  worth trying: " + "; ".join(diagnosis["advice"]), highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    log.info("verdict: %s (%s)", diagnosis["verdict"], evidence)
+
+
+def warn(message: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
+    log.warning(message)
+
+
 def epoch_line(metrics: dict, epochs: int) -> str:
     return (
         f"epoch {metrics['epoch']}/{epochs}  "
@@ -75,6 +93,9 @@ class ProgressPrinter(Callback):
 
 
 def print_summary(summary: dict) -> None:
+    if summary["final"] is None:  # stopped inside the first epoch
+        console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
+        return
     table = Table(title="summary", title_justify="left")
     table.add_column("split")
     table.add_column("loss", justify="right")
@@ -88,6 +109,7 @@ def print_summary(summary: dict) -> None:
     table.add_row("test", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
     console.print(table)
     console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
+    print_diagnosis(summary["diagnosis"])
     line = (
         f"{summary['epochs_run']} epochs in {summary['wall_time_s']:.1f}s, "
         f"{summary['train_samples_per_s']:,.0f} train samples/s on {summary['device']}; "

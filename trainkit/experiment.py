@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -19,11 +20,13 @@ from trainkit import console, data, runtime, transfer
 from trainkit.augment import Augment
 from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
+from trainkit.diagnostics import Diagnostics
 from trainkit.errors import UserError, first_line
 from trainkit.init import initialize
-from trainkit.loop import FitState, Training, evaluate, fit, steps_per_epoch
+from trainkit.loop import Diverged, FitState, Training, evaluate, fit, steps_per_epoch
 from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
+from trainkit.verdict import diagnose
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -85,6 +88,9 @@ def summarize(
 ) -> dict:
     """summary.json: final, best and test metrics, why the run ended, speed and provenance."""
     history = state.history
+    if not history:  # diverged in the first epoch
+        return {"run_dir": str(run_dir), "final": None, "best": None, "test": test,
+                "epochs_run": 0, "stop_reason": state.stop_reason, "wall_time_s": wall}  # fmt: skip
     return {
         "run_dir": str(run_dir),
         "final": history[-1],
@@ -145,14 +151,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         }
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    tensorboard = TensorBoardLogger(
+        run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps
+    )
     callbacks = [
         console.ProgressPrinter(),
-        TensorBoardLogger(
-            run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps
-        ),
+        tensorboard,
         CSVLogger(run_dir / "metrics.csv"),
         Checkpointer(run_dir / "checkpoints", snapshot, resolved),
     ]
+    diagnostics = None
+    if cfg.diagnostics.enabled:
+        diagnostics = Diagnostics(cfg.diagnostics, model, tensorboard.writer)
+        callbacks.append(diagnostics)
     if cfg.regularization.early_stopping.enabled:  # after Checkpointer: last.pt is the last epoch
         callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
     augment = Augment(cfg.augment)
@@ -160,12 +171,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         model, loss_fn, optimizer, scheduler, cfg.scheduler.interval, normalize,
         augment if augment.active else None, cfg.regularization, cfg.trainer,
     )  # fmt: skip
-    state = fit(training, dataset, callbacks)
-    test = evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
-
+    try:
+        state = fit(training, dataset, callbacks)
+        diverged = None
+    except Diverged as e:  # keep what was learned about the run, then report it
+        state, diverged = e.state, str(e)
+        state.stop_reason = diverged
+    test = (
+        evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
+        if diverged is None
+        else {"loss": math.nan, "acc": math.nan}
+    )
     summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
+    summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None)
+    summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for cb in callbacks:
         cb.on_fit_end(state, summary)
     console.print_summary(summary)
+    if diverged is not None:
+        raise UserError(f"{diverged}; the last good checkpoint is {run_dir}/checkpoints/last.pt")
     return summary

@@ -81,6 +81,7 @@ def train_epoch(
     zero = torch.zeros((), device=device)
     sums = {"loss": zero.clone(), "l1": zero.clone(), "l2": zero.clone(), "grad_norm": zero.clone()}
     correct = torch.zeros((), device=device, dtype=torch.long)
+    nonfinite_at = torch.full((), -1, device=device)  # first step with a NaN/Inf loss, on device
     seen = steps = 0
     for i, (images, labels) in enumerate(batches(train, t.trainer.batch_size, generator)):
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
@@ -109,17 +110,41 @@ def train_epoch(
 
         state.step += 1
         steps += 1
+        bad = ~torch.isfinite(loss.detach()) & (nonfinite_at < 0)
+        nonfinite_at = torch.where(bad, state.step, nonfinite_at)
         sums["loss"] += data_loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
         if i % t.trainer.log_every_n_steps == 0:
             state.running_loss = sums["loss"].item() / seen  # a sync point: once per interval
+            stop_if_diverged(nonfinite_at, t.optimizer, state)
         for cb in callbacks:
             cb.on_step_end(state)
+    stop_if_diverged(nonfinite_at, t.optimizer, state)
     out = {"loss": sums["loss"].item() / seen, "acc": correct.item() / seen, "samples": seen}
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
     out |= {key: sums[key].item() / steps for key, enabled in on.items() if enabled}
     return out
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite: training cannot go on."""
+
+    def __init__(self, message: str, state: FitState) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+def stop_if_diverged(nonfinite_at: torch.Tensor, optimizer: Optimizer, state: FitState) -> None:
+    step = int(nonfinite_at.item())
+    if step >= 0:
+        lr = optimizer.param_groups[0]["lr"]
+        raise Diverged(
+            f"the loss became NaN/Inf at step {step} (lr {lr:.3g}); likely causes: the learning "
+            "rate is too high, the initial weights too large, or gradients unclipped: try "
+            f"lr={lr / 10:.3g}, regularization.clip_grad_norm=1.0, or init=he_normal",
+            state,
+        )
 
 
 def keep_frozen_norms_in_eval(model: nn.Module) -> None:

@@ -1,0 +1,167 @@
+"""Training-dynamics diagnostics: make vanishing and exploding gradients visible.
+
+Every optimizer step: the total gradient norm (kept on the device, written to TensorBoard once
+per `every_n_steps`, so no per-step sync). Every `every_n_steps` steps, per layer (each module
+that owns a weight; tags use its name, e.g. grad_norm/net.fc1):
+  grad_norm/<layer>     ||dL/dW||
+  weight_norm/<layer>   ||W||
+  update_ratio/<layer>  ||W_t - W_t-1|| / ||W_t-1||, the relative size of one step (~1e-3 is
+                        healthy; far smaller: the layer barely learns; far larger: unstable)
+  act_mean/<layer>, act_std/<layer>, dead_frac/<layer>
+                        statistics of each activation module's output; dead units are outputs
+                        that are <= 0 for every sample of the batch (dead ReLUs)
+Histograms of weights and gradients every `histograms_every_n_epochs` epochs.
+
+Alerts (printed once each, and written to TensorBoard text):
+  vanishing   first layer's gradient norm < vanishing_ratio x the last layer's
+  exploding   total gradient norm not finite, or > exploding_factor x its median so far
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from trainkit.callbacks import Callback
+from trainkit.console import warn
+from trainkit.loop import FitState
+from trainkit.models import ACTIVATIONS
+
+ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
+
+
+def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules owning a `weight` matrix or kernel (Linear, Conv), in forward-definition order."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.ndim >= 2
+    }
+
+
+class Diagnostics(Callback):
+    def __init__(self, cfg: DictConfig, model: nn.Module, writer: SummaryWriter) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.writer = writer
+        self.layers = weighted_layers(model)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.total_norms: list[torch.Tensor] = []  # this interval's, still on the device
+        self.norm_history: list[float] = []
+        self.previous: dict[str, torch.Tensor] = {}  # weights one step before a sampled step
+        self.hooks: list = []
+        self.activations: dict[str, dict[str, torch.Tensor]] = {}
+        self.alerted: set[str] = set()
+
+    # -- every step: cheap, on the device
+    def on_step_end(self, state: FitState) -> None:
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        if grads:
+            self.total_norms.append(nn.utils.get_total_norm(grads))
+        every = self.cfg.every_n_steps
+        if state.step % every == 0:
+            self.sample(state.step)
+        if (state.step + 1) % every == 0:  # the next step is sampled: prepare to watch it
+            self.previous = {n: m.weight.detach().clone() for n, m in self.layers.items()}
+            self.watch_activations()
+
+    def sample(self, step: int) -> None:
+        w = self.writer
+        norms = torch.stack(self.total_norms).tolist() if self.total_norms else []
+        for i, value in enumerate(norms):
+            w.add_scalar("grad_norm/total", value, step - len(norms) + 1 + i)
+        self.total_norms = []
+        grad_norms = {}
+        for name, layer in self.layers.items():
+            weight = layer.weight.detach()
+            w.add_scalar(f"weight_norm/{name}", weight.norm().item(), step)
+            if layer.weight.grad is not None:
+                grad_norms[name] = layer.weight.grad.norm().item()
+                w.add_scalar(f"grad_norm/{name}", grad_norms[name], step)
+            if name in self.previous:
+                before = self.previous[name]
+                ratio = (weight - before).norm() / before.norm().clamp_min(1e-12)
+                w.add_scalar(f"update_ratio/{name}", ratio.item(), step)
+        self.previous = {}
+        for name, stats in self.activations.items():
+            for key, value in stats.items():
+                w.add_scalar(f"{key}/{name}", value.item(), step)
+        self.unwatch_activations()
+        self.check_alerts(step, grad_norms, norms)
+
+    # -- activations, through forward hooks that live for one step only
+    def watch_activations(self) -> None:
+        for name, module in self.model.named_modules():
+            if isinstance(module, ACTIVATION_TYPES):
+                self.hooks.append(module.register_forward_hook(self._record(name)))
+
+    def _record(self, name: str):  # noqa: ANN202 (a hook factory)
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            out = output.detach().flatten(1)
+            self.activations[name] = {
+                "act_mean": out.mean(),
+                "act_std": out.std(),
+                "dead_frac": (out <= 0).all(dim=0).float().mean(),
+            }
+
+        return hook
+
+    def unwatch_activations(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks, self.activations = [], {}
+
+    # -- alerts
+    def check_alerts(self, step: int, grad_norms: dict[str, float], totals: list[float]) -> None:
+        names = list(grad_norms)
+        if len(names) >= 2 and grad_norms[names[-1]] > 0:
+            ratio = grad_norms[names[0]] / grad_norms[names[-1]]
+            if ratio < self.cfg.vanishing_ratio:
+                self.alert(
+                    "vanishing",
+                    f"vanishing gradients at step {step}: the first layer's gradient norm "
+                    f"({names[0]}: {grad_norms[names[0]]:.2e}) is {ratio:.1e} x the last "
+                    f"layer's ({names[-1]}: {grad_norms[names[-1]]:.2e}); early layers barely "
+                    "learn. Try relu with init=he_normal, model.batch_norm=true, or fewer layers",
+                    step,
+                )
+        for value in totals:
+            median = statistics.median(self.norm_history) if self.norm_history else math.nan
+            if not math.isfinite(value) or value > self.cfg.exploding_factor * median:
+                self.alert(
+                    "exploding",
+                    f"exploding gradients at step {step}: total gradient norm {value:.3g}"
+                    + (
+                        f", {value / median:.0f} x its median so far"
+                        if math.isfinite(value)
+                        else ""
+                    )
+                    + ". Try a lower lr or regularization.clip_grad_norm=1.0",
+                    step,
+                )
+            if math.isfinite(value):
+                self.norm_history.append(value)
+
+    def alert(self, kind: str, message: str, step: int) -> None:
+        if kind in self.alerted:
+            return
+        self.alerted.add(kind)
+        warn(message)
+        self.writer.add_text(f"alerts/{kind}", message, step)
+
+    # -- histograms
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        every = self.cfg.histograms_every_n_epochs
+        if every and state.epoch % every == 0:
+            for name, layer in self.layers.items():
+                self.writer.add_histogram(f"weights/{name}", layer.weight.detach(), state.epoch)
+                if layer.weight.grad is not None:
+                    self.writer.add_histogram(f"grads/{name}", layer.weight.grad, state.epoch)
+
+    def on_fit_end(self, state: FitState, summary: dict) -> None:
+        self.unwatch_activations()
