@@ -1,0 +1,125 @@
+"""Diagnostics demonstrations on real data: vanishing gradients seen and warned about, a NaN
+loss stopped with a loadable checkpoint, and the fit verdict for over- and underfitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainkit.errors import UserError
+from trainkit.experiment import run
+from trainkit.verdict import diagnose
+
+from .conftest import compose_config, small_overrides
+
+DEEP = "model.hidden=[64,64,64,64,64,64,64,64,64,64]"  # a 10-layer MLP
+
+
+def train(overrides: list[str], run_dir: Path) -> dict:
+    return run(compose_config(overrides), run_dir)
+
+
+def layer_grad_norms(run_dir: Path) -> dict[str, float]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = [t for t in events.Tags()["scalars"] if t.startswith("grad_norm/net.")]
+    return {t.removeprefix("grad_norm/"): events.Scalars(t)[0].value for t in tags}
+
+
+def test_deep_sigmoid_mlp_with_small_init_vanishes_and_says_so(
+    fmnist_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    overrides = [*small_overrides(fmnist_slice), DEEP, "model.activation=sigmoid", "init=normal",
+                 "init.scale=0.01", "epochs=1", "diagnostics.every_n_steps=5"]  # fmt: skip
+    summary = train(overrides, tmp_path / "sigmoid")
+    norms = layer_grad_norms(tmp_path / "sigmoid")
+    assert len(norms) == 11  # ten hidden layers and the head, each its own tag
+    assert norms["net.fc1"] < 1e-3 * norms["net.head"]
+    assert summary["alerts"] == ["vanishing"]
+    assert "warning: vanishing gradients at step 5" in capsys.readouterr().out
+
+    twin = [*small_overrides(fmnist_slice), DEEP, "model.activation=relu", "init=he_normal",
+            "epochs=1", "diagnostics.every_n_steps=5"]  # fmt: skip
+    summary = train(twin, tmp_path / "relu")
+    norms = layer_grad_norms(tmp_path / "relu")
+    assert norms["net.fc1"] > 1e-2 * norms["net.head"]
+    assert summary["alerts"] == []
+
+
+def test_per_layer_signals_are_written_by_path(fmnist_slice: Path, tmp_path: Path) -> None:
+    overrides = [*small_overrides(fmnist_slice, "cnn"), "epochs=1", "diagnostics.every_n_steps=2"]
+    train(overrides, tmp_path)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for layer in ("features.conv1", "features.conv2", "classifier.fc", "classifier.head"):
+        for kind in ("grad_norm", "weight_norm", "update_ratio"):
+            assert f"{kind}/{layer}" in tags
+    for act in ("features.act1", "classifier.act"):
+        assert {f"act_mean/{act}", f"act_std/{act}", f"dead_frac/{act}"} <= tags
+    total = events.Scalars("grad_norm/total")
+    assert [p.step for p in total] == list(range(1, 11))  # every step of the epoch
+    ratios = [p.value for p in events.Scalars("update_ratio/classifier.fc")]
+    assert all(0 < r < 1 for r in ratios)
+    dead = [p.value for p in events.Scalars("dead_frac/features.act1")]
+    assert all(0 <= d <= 1 for d in dead)
+    assert "weights/features.conv1" in events.Tags()["histograms"]
+
+
+def test_lr_10_with_sgd_stops_on_nan_with_a_loadable_checkpoint(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    overrides = [*small_overrides(fmnist_slice), "optimizer=sgd", "lr=10", "model.hidden=[256,128]"]
+    with pytest.raises(UserError) as e:
+        train(overrides, tmp_path)
+    message = str(e.value)
+    assert message.startswith("the loss became NaN/Inf at step ")
+    assert "the learning rate is too high" in message and "try lr=" in message
+    assert message.endswith(f"the last good checkpoint is {tmp_path}/checkpoints/last.pt")
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    summary = (tmp_path / "summary.json").read_text()
+    assert '"verdict": "diverged"' in summary
+
+
+def test_tiny_training_set_and_big_model_is_overfit(fmnist_slice: Path, tmp_path: Path) -> None:
+    overrides = [*small_overrides(fmnist_slice), "data.train_size=100", "model.hidden=[512,512]",
+                 "epochs=30", "batch_size=25"]  # fmt: skip
+    diagnosis = train(overrides, tmp_path)["diagnosis"]
+    assert diagnosis["verdict"] == "overfit"
+    assert diagnosis["evidence"]["train_acc"] > 0.95 and diagnosis["evidence"]["acc_gap"] > 0.2
+    assert "model.dropout=0.3" in diagnosis["advice"]
+
+
+def test_one_hidden_unit_is_underfit(fmnist_slice: Path, tmp_path: Path) -> None:
+    overrides = [*small_overrides(fmnist_slice), "model.hidden=[1]", "epochs=3"]
+    diagnosis = train(overrides, tmp_path)["diagnosis"]
+    assert diagnosis["verdict"] == "underfit"
+    assert diagnosis["evidence"]["train_acc"] < 0.8
+
+
+def rows(*curve: tuple[float, float, float, float]) -> list[dict]:
+    keys = ("train_loss", "val_loss", "train_acc", "val_acc")
+    return [{"epoch": i, **dict(zip(keys, r, strict=True))} for i, r in enumerate(curve, 1)]
+
+
+VERDICT = OmegaConf.create({"overfit_gap": 0.05, "overfit_rise": 0.1, "underfit_acc": 0.8,
+                            "plateau_epochs": 3, "plateau_delta": 0.01})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("curve", "verdict"),
+    [
+        (rows((0.5, 0.5, 0.85, 0.85), (0.3, 0.35, 0.9, 0.88), (0.2, 0.3, 0.93, 0.9)), "good fit"),
+        (rows((0.5, 0.5, 0.85, 0.85), (0.1, 0.4, 0.97, 0.86), (0.05, 0.6, 0.99, 0.85)), "overfit"),
+        (rows((2.0, 2.0, 0.3, 0.3), (1.9, 1.9, 0.35, 0.34)), "underfit"),
+        (rows((0.5, 0.5, 0.85, 0.85), (0.9, 1.0, 0.6, 0.6)), "diverged"),
+        (rows(*[(0.3, 0.3, 0.9, 0.89)] * 4), "plateaued"),
+    ],
+)
+def test_verdict_rules(curve: list[dict], verdict: str) -> None:
+    assert diagnose(curve, VERDICT)["verdict"] == verdict
