@@ -114,10 +114,9 @@ def summarize(
     }
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary."""
-    start = time.perf_counter()
-    console.print_config(cfg)
+def build(cfg: DictConfig) -> tuple[data.Data, Training]:
+    """Process settings, data on the device, and the Training bundle: model (initialized, and
+    loaded/frozen for transfer learning), loss, optimizer, schedule, normalization, augment."""
     device = runtime.setup(cfg.trainer)
     dataset = data.load(cfg.data, device)
     channels_last = cfg.trainer.channels_last and len(dataset.input_shape) == 3
@@ -133,14 +132,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss)
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(
-        cfg.scheduler,
-        optimizer,
-        steps_per_epoch(len(dataset.train), cfg.trainer),
+        cfg.scheduler, optimizer, steps_per_epoch(len(dataset.train), cfg.trainer),
         cfg.trainer.epochs,
-    )
+    )  # fmt: skip
+    augment = Augment(cfg.augment)
+    training = Training(
+        model, build_loss(cfg.loss), optimizer, scheduler, cfg.scheduler.interval, normalize,
+        augment if augment.active else None, cfg.regularization, cfg.trainer,
+    )  # fmt: skip
+    return dataset, training
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary."""
+    start = time.perf_counter()
+    console.print_config(cfg)
+    dataset, training = build(cfg)
+    model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
 
     def snapshot() -> dict:
         return {
@@ -166,11 +176,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         callbacks.append(diagnostics)
     if cfg.regularization.early_stopping.enabled:  # after Checkpointer: last.pt is the last epoch
         callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
-    augment = Augment(cfg.augment)
-    training = Training(
-        model, loss_fn, optimizer, scheduler, cfg.scheduler.interval, normalize,
-        augment if augment.active else None, cfg.regularization, cfg.trainer,
-    )  # fmt: skip
     try:
         state = fit(training, dataset, callbacks)
         diverged = None
@@ -178,7 +183,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         state, diverged = e.state, str(e)
         state.stop_reason = diverged
     test = (
-        evaluate(model, dataset.test, normalize, loss_fn, cfg.trainer.eval_batch_size)
+        evaluate(
+            model, dataset.test, training.normalize, training.loss_fn, cfg.trainer.eval_batch_size
+        )
         if diverged is None
         else {"loss": math.nan, "acc": math.nan}
     )
