@@ -9,9 +9,11 @@ so `-m`, `--cfg`, `--help`, launchers and sweepers all behave as Hydra documents
 from __future__ import annotations
 
 import difflib
+import importlib
 import itertools
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -39,7 +41,18 @@ MAX_PREFLIGHT_JOBS = 64  # larger sweeps are checked value by value instead of j
 register_schemas()
 
 
+# Other jobs that share the config tree: `trainkit <name> [overrides]`. Each is a function
+# (cfg, out_dir) -> dict, and writes into outputs/<name>/<date>/<time>/.
+SUBCOMMANDS = {
+    "lr-find": "trainkit.lr_finder:lr_find",
+    "init-report": "trainkit.init_report:init_report",
+    "learning-curve": "trainkit.learning_curve:learning_curve",
+}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        sys.exit(run_subcommand(sys.argv[1], expand_aliases(sys.argv[2:])))
     sys.argv[1:] = expand_aliases(sys.argv[1:])
     args = hydra._internal.utils.get_args_parser().parse_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
@@ -66,6 +79,25 @@ def hydra_app(cfg: DictConfig) -> float:
         print(f"trainkit: error: {e}", file=sys.stderr)
         sys.exit(2)
     return summary["best"][cfg.trainer.monitor]
+
+
+def run_subcommand(name: str, overrides: list[str]) -> int:
+    errors = preflight(overrides, multirun=False)
+    for line in errors:
+        print(f"trainkit {name}: error: {line}", file=sys.stderr)
+    if errors:
+        return 2
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    out_dir = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    module, function = SUBCOMMANDS[name].split(":")
+    try:
+        getattr(importlib.import_module(module), function)(cfg, out_dir)
+    except UserError as e:
+        print(f"trainkit {name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # ---------------------------------------------------------------- pre-flight validation

@@ -35,6 +35,7 @@ class FitState:
     steps_per_epoch: int
     epoch: int = 0
     step: int = 0  # optimizer steps so far
+    last_loss: torch.Tensor | None = None  # the last step's data loss, on the device (no sync)
     running_loss: float = float("nan")  # mean train loss so far this epoch, refreshed at the
     # epoch's first step and then every trainer.log_every_n_steps
     history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
@@ -112,6 +113,7 @@ def train_epoch(
         steps += 1
         bad = ~torch.isfinite(loss.detach()) & (nonfinite_at < 0)
         nonfinite_at = torch.where(bad, state.step, nonfinite_at)
+        state.last_loss = data_loss.detach()
         sums["loss"] += data_loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
@@ -120,6 +122,8 @@ def train_epoch(
             stop_if_diverged(nonfinite_at, t.optimizer, state)
         for cb in callbacks:
             cb.on_step_end(state)
+        if state.stop:  # a callback (lr-find) asked to end mid-epoch
+            break
     stop_if_diverged(nonfinite_at, t.optimizer, state)
     out = {"loss": sums["loss"].item() / seen, "acc": correct.item() / seen, "samples": seen}
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
