@@ -81,7 +81,16 @@ def hydra_app(cfg: DictConfig) -> float:
     return summary["best"][cfg.trainer.monitor]
 
 
-def run_subcommand(name: str, overrides: list[str]) -> int:
+# Arguments of a subcommand's own, not config keys: name=a,b,c -> a list of strings.
+SUBCOMMAND_ARGS = {"init-report": ("schemes",), "learning-curve": ("sizes",)}
+
+
+def run_subcommand(name: str, args: list[str]) -> int:
+    own = SUBCOMMAND_ARGS.get(name, ())
+    kwargs = {
+        key: value.split(",") for key, _, value in (a.partition("=") for a in args) if key in own
+    }
+    overrides = [a for a in args if a.partition("=")[0] not in own]
     errors = preflight(overrides, multirun=False)
     for line in errors:
         print(f"trainkit {name}: error: {line}", file=sys.stderr)
@@ -92,8 +101,9 @@ def run_subcommand(name: str, overrides: list[str]) -> int:
         cfg = compose("config", overrides=overrides)
     out_dir = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     module, function = SUBCOMMANDS[name].split(":")
+    GlobalHydra.instance().clear()
     try:
-        getattr(importlib.import_module(module), function)(cfg, out_dir)
+        getattr(importlib.import_module(module), function)(cfg, out_dir, **kwargs)
     except UserError as e:
         print(f"trainkit {name}: error: {e}", file=sys.stderr)
         return 2
