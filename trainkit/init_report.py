@@ -8,7 +8,7 @@ For one batch of real training data, for each scheme, every Linear/Conv layer l 
   sqrt(fan_out * E[W^2] * E[(dL/dz_l)^2]).
 Predictions hold per layer when weights are independent of the signal (true at step 0). What
 changes between schemes is whether the std holds steady across depth: a layer whose
-activation std drifts below 1/2 or above 2x the first layer's is flagged (shrinking/growing).
+activation std is below 1/2 or above 2x the previous layer's is flagged (shrinking/growing).
 
 Writes init_report.json and TensorBoard scalars (init_report/act_std/<scheme>, step = layer
 index) into the output folder and prints a table per signal. The schemes compared are
@@ -100,7 +100,11 @@ def init_report(cfg: DictConfig, out_dir: Path, schemes: list[str] | None = None
 
 
 def drift(rows: list[dict], i: int) -> str:
-    ratio = rows[i]["act_std"] / rows[0]["act_std"] if rows[0]["act_std"] > 0 else 0.0
+    """'shrinking'/'growing' when a layer's activation std is under 1/2 or over 2x the previous
+    layer's: a signal that would vanish or explode if the network were deeper."""
+    if i == 0 or rows[i - 1]["act_std"] == 0:
+        return ""
+    ratio = rows[i]["act_std"] / rows[i - 1]["act_std"]
     return "shrinking" if ratio < 0.5 else "growing" if ratio > 2 else ""
 
 
