@@ -50,6 +50,7 @@ class Data:
     test: Split
     num_classes: int
     source: Path  # where the files were read from
+    class_names: list[str]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -162,6 +163,7 @@ class DatasetSpec:
     read: Callable[[Path], tuple[np.ndarray, ...]]  # -> train images, labels, test images, labels
     torchvision_class: str  # downloads where a network exists
     how_to_get: str  # said when the files are missing
+    class_names: tuple[str, ...]
 
 
 DATASETS = {
@@ -172,6 +174,18 @@ DATASETS = {
         "FashionMNIST",
         "run `apt-get install dataset-fashion-mnist`, or set data.root=DIR holding the four "
         "idx .gz files",
+        (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
     "cifar10": DatasetSpec(
         (3, 32, 32),
@@ -180,6 +194,7 @@ DATASETS = {
         "CIFAR10",
         "set data.root=DIR holding cifar-10-batches-py/ (the python version from "
         "https://www.cs.toronto.edu/~kriz/cifar.html)",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
 }
 
@@ -272,6 +287,9 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         test=split(test_x, test_y, slice(0, n_test)),
         num_classes=len(cfg.classes) if cfg.classes else int(train_y.max()) + 1,
         source=found,
+        class_names=[
+            spec(cfg).class_names[c] for c in (cfg.classes or range(int(train_y.max()) + 1))
+        ],
     )
 
 

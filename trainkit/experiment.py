@@ -10,20 +10,29 @@ import warnings
 from pathlib import Path
 
 import torch
+import torchvision
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, runtime, transfer
+from trainkit import console, data, plots, runtime, transfer
 from trainkit.augment import Augment
 from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
 from trainkit.diagnostics import Diagnostics
 from trainkit.errors import UserError, first_line
 from trainkit.init import initialize
-from trainkit.loop import Diverged, FitState, Training, evaluate, fit, steps_per_epoch
+from trainkit.loop import (
+    Diverged,
+    FitState,
+    Training,
+    confusion_matrix,
+    evaluate,
+    fit,
+    steps_per_epoch,
+)
 from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
 from trainkit.verdict import diagnose
@@ -176,6 +185,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         callbacks.append(diagnostics)
     if cfg.regularization.early_stopping.enabled:  # after Checkpointer: last.pt is the last epoch
         callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
+    if training.augment is not None:  # what the model will see, next to the originals
+        originals = dataset.train.images[:32]
+        for tag, images in (
+            ("originals", originals.float()),
+            ("samples", training.augment(originals)),
+        ):
+            grid = torchvision.utils.make_grid(images / 255, nrow=8, pad_value=1.0)
+            tensorboard.writer.add_image(f"augment/{tag}", grid, 0)
     try:
         state = fit(training, dataset, callbacks)
         diverged = None
@@ -190,6 +207,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         else {"loss": math.nan, "acc": math.nan}
     )
     summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
+    if diverged is None:
+        matrix = confusion_matrix(model, dataset.test, training.normalize, dataset.num_classes,
+                                  cfg.trainer.eval_batch_size)  # fmt: skip
+        summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
+        tensorboard.writer.add_figure(
+            "confusion_matrix", plots.confusion_figure(matrix, dataset.class_names), state.epoch
+        )
+        plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None)
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -175,6 +175,19 @@ def evaluate(
     return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
 
 
+@torch.inference_mode()
+def confusion_matrix(
+    model: nn.Module, split: Split, normalize: Normalizer, num_classes: int, batch_size: int
+) -> torch.Tensor:
+    """[true, predicted] counts over `split`."""
+    model.eval()
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=split.labels.device)
+    for images, labels in batches(split, batch_size):
+        predicted = model(normalize(images)).argmax(dim=1)
+        counts += torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
+    return counts.view(num_classes, num_classes)
+
+
 def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
     steps = -(-n_train // trainer.batch_size)  # the last, short batch counts
     if trainer.max_steps_per_epoch is not None:
