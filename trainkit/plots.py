@@ -28,10 +28,10 @@ def learning_curves_png(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def confusion_figure(matrix: torch.Tensor, names: list[str]) -> plt.Figure:
+def confusion_figure(matrix: torch.Tensor, names: list[str]) -> plt.Figure:  # [true, pred]
     """Rows: true class; columns: predicted; cells: counts, shaded by share of the row."""
-    counts = matrix.cpu()
-    share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    counts = matrix.cpu().numpy()
+    share = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
     n = len(names)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * n, 1 + 0.6 * n))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
