@@ -93,6 +93,7 @@ def small_overrides(fmnist_root: Path, model: str = "mlp") -> list[str]:
         "data.download=false",
         "epochs=2",
         "batch_size=100",
+        "diagnostics.pictures=false",  # matplotlib figures: ~0.5 s a run; tested on their own
         f"model={model}",
         *model_size[model],
     ]

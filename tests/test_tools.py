@@ -73,7 +73,8 @@ def test_learning_curve_runs_each_size_and_judges(fmnist_slice: Path, tmp_path: 
 def test_a_run_leaves_curves_png_confusion_matrix_and_augmented_samples(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
-    summary = run(compose_config([*small_overrides(fmnist_slice), "augment=standard"]), tmp_path)
+    overrides = [*small_overrides(fmnist_slice), "augment=standard", "diagnostics.pictures=true"]
+    summary = run(compose_config(overrides), tmp_path)
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     matrix = summary["confusion_matrix"]
     counts = matrix["counts"]

@@ -308,6 +308,7 @@ class DiagnosticsConfig:
     histograms_every_n_epochs: int = 1  # 0: no histograms
     vanishing_ratio: float = 1.0e-3  # first/last layer gradient-norm ratio that warns
     exploding_factor: float = 100.0  # total gradient norm this many x its median warns
+    pictures: bool = True  # curves.png, the confusion-matrix figure, augmented samples grid
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
 

@@ -96,7 +96,9 @@ def print_summary(summary: dict) -> None:
     if summary["final"] is None:  # stopped inside the first epoch
         console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
         return
-    table = Table(title="summary", title_justify="left")
+    verdict = summary["diagnosis"]["verdict"]
+    table = Table(title="summary", title_justify="left", caption=f"verdict: {verdict}",
+                  caption_justify="left")  # fmt: skip
     table.add_column("split")
     table.add_column("loss", justify="right")
     table.add_column("accuracy", justify="right")

@@ -10,14 +10,13 @@ import warnings
 from pathlib import Path
 
 import torch
-import torchvision
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, plots, runtime, transfer
+from trainkit import console, data, runtime, transfer
 from trainkit.augment import Augment
 from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
@@ -185,7 +184,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         callbacks.append(diagnostics)
     if cfg.regularization.early_stopping.enabled:  # after Checkpointer: last.pt is the last epoch
         callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
-    if training.augment is not None:  # what the model will see, next to the originals
+    pictures = cfg.diagnostics.pictures
+    if pictures and training.augment is not None:  # what the model sees, next to the originals
+        import torchvision  # 1.5 s to import: only when needed
+
         originals = dataset.train.images[:32]
         for tag, images in (
             ("originals", originals.float()),
@@ -208,13 +210,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
     if diverged is None:
+        from trainkit import plots  # matplotlib: 0.4 s to import, needed only here
+
         matrix = confusion_matrix(model, dataset.test, training.normalize, dataset.num_classes,
                                   cfg.trainer.eval_batch_size)  # fmt: skip
         summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
-        tensorboard.writer.add_figure(
-            "confusion_matrix", plots.confusion_figure(matrix, dataset.class_names), state.epoch
-        )
-        plots.learning_curves_png(state.history, run_dir / "curves.png")
+        if pictures:
+            figure = plots.confusion_figure(matrix, dataset.class_names)
+            tensorboard.writer.add_figure("confusion_matrix", figure, state.epoch)
+            plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None)
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
