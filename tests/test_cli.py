@@ -107,6 +107,10 @@ BAD_INPUTS = [
     (["scheduler=plateau", "scheduler.interval=step"], "scheduler=plateau watches the validation"),
     (["augment.zoom=[1.2,0.8]"], "augment.zoom is a range [low, high]"),
     (["init.name=kaiming"], "init.name=kaiming: choose one of default, zeros"),
+    (
+        ["model=torchvision", "model.pretrained=true", "init=he_normal"],
+        "init=he_normal would overwrite the pretrained weights: keep init=default",
+    ),
     (["device=tpu"], "device=tpu: choose auto, cpu, cuda or cuda:N"),
     (["lr=0.1,0.01"], "lr=0.1,0.01 lists several values: add -m to sweep them"),
     (["-m", "lr=0.1,-1"], "lr=-1.0: the learning rate must be > 0"),

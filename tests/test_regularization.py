@@ -74,9 +74,9 @@ def test_clip_by_value_clamps_every_entry() -> None:
 
 
 def scripted_early_stopping(curve: list[float], **cfg: object) -> tuple[FitState, nn.Module]:
-    """Feed a scripted val_loss curve; the model's weight records the epoch it was saved at."""
+    """Feed a scripted metric curve; the model's weight records the epoch it was saved at."""
     model = nn.Linear(1, 1, bias=False)
-    settings = {"monitor": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.0,
+    settings = {"monitor": "val_loss", "mode": None, "patience": 2, "min_delta": 0.0,
                 "restore_best": True} | cfg  # fmt: skip
     stopper = EarlyStopping(OmegaConf.create(settings), model)
     state = FitState(epochs=len(curve), steps_per_epoch=1)
@@ -84,7 +84,7 @@ def scripted_early_stopping(curve: list[float], **cfg: object) -> tuple[FitState
         state.epoch = epoch
         with torch.no_grad():
             model.weight.fill_(epoch)  # "training" changes the weights every epoch
-        stopper.on_epoch_end(state, {"val_loss": value})
+        stopper.on_epoch_end(state, {settings["monitor"]: value})
         if state.stop:
             break
     return state, model
@@ -99,6 +99,13 @@ def test_early_stopping_stops_at_the_expected_epoch_and_restores_the_best_weight
         "early stopping after epoch 5: val_loss did not improve on 0.7 (epoch 3) by more than "
         "0.0 for 2 epochs; restored the weights of epoch 3"
     )
+
+
+def test_the_mode_follows_the_monitor_unless_given() -> None:
+    state, model = scripted_early_stopping([0.70, 0.80, 0.78, 0.79], monitor="val_loss")
+    assert state.stop and model.weight.item() == 1.0  # losses: lower is better
+    state, _ = scripted_early_stopping([0.70, 0.80, 0.85], monitor="val_acc", mode=None)
+    assert not state.stop  # accuracies: higher is better, so it keeps improving
 
 
 def test_min_delta_counts_small_gains_as_no_gain() -> None:
@@ -184,4 +191,4 @@ def test_penalties_and_grad_norm_reach_metrics_and_tensorboard(
     assert final["l1"] > 0 and final["l2"] > 0 and math.isfinite(final["grad_norm"])
     events = EventAccumulator(str(tmp_path))
     events.Reload()
-    assert {"loss/l1", "loss/l2", "grad_norm/total"} <= set(events.Tags()["scalars"])
+    assert {"loss/l1", "loss/l2", "grad_norm/preclip"} <= set(events.Tags()["scalars"])

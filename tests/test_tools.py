@@ -89,6 +89,13 @@ def test_a_run_leaves_curves_png_confusion_matrix_and_augmented_samples(
     )
 
 
+def test_pictures_do_not_change_the_training(fmnist_slice: Path, tmp_path: Path) -> None:
+    base = [*small_overrides(fmnist_slice), "augment=standard", "epochs=1"]
+    with_pictures = run(compose_config([*base, "diagnostics.pictures=true"]), tmp_path / "a")
+    without = run(compose_config([*base, "diagnostics.pictures=false"]), tmp_path / "b")
+    assert with_pictures["final"]["val_loss"] == without["final"]["val_loss"]
+
+
 def test_subcommands_run_from_the_command_line(fmnist_slice: Path, tmp_path: Path) -> None:
     args = ["init-report", "model=mlp", "model.hidden=[32,32]", "schemes=he_normal,default",
             *slice_data(fmnist_slice)]  # fmt: skip
@@ -101,3 +108,15 @@ def test_subcommands_run_from_the_command_line(fmnist_slice: Path, tmp_path: Pat
     assert bad.stderr == (
         "trainkit lr-find: error: optimizer.lrr: no such key; did you mean optimizer.lr?\n"
     )
+
+
+def test_init_report_predictions_hold_for_strided_convolutions(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    cfg = compose_config([*slice_data(fmnist_slice), "model=resnet"])
+    rows = init_report(cfg, tmp_path, schemes=["he_normal"])["he_normal"]
+    strided = [r for r in rows if r["layer"] in ("stages.1.0.conv1", "stages.2.0.conv1")]
+    assert len(strided) == 2
+    for row in rows:
+        assert row["act_std"] == pytest.approx(row["act_pred"], rel=0.25), row["layer"]
+        assert row["grad_std"] == pytest.approx(row["grad_pred"], rel=0.25), row["layer"]

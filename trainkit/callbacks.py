@@ -72,7 +72,7 @@ class TensorBoardLogger(Callback):
         if not math.isnan(metrics["momentum"]):
             self.writer.add_scalar("momentum", metrics["momentum"], epoch)
         self.writer.add_scalar("perf/samples_per_s", metrics["samples_per_s"], epoch)
-        for key, tag in [("l1", "loss/l1"), ("l2", "loss/l2"), ("grad_norm", "grad_norm/total")]:
+        for key, tag in [("l1", "loss/l1"), ("l2", "loss/l2"), ("grad_norm", "grad_norm/preclip")]:
             if key in metrics:  # only when that regularizer is on
                 self.writer.add_scalar(tag, metrics[key], epoch)
         self.writer.flush()
@@ -141,6 +141,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, cfg: Any, model: nn.Module) -> None:
         self.cfg = cfg
+        self.mode = cfg.mode or ("max" if cfg.monitor.endswith("acc") else "min")
         self.model = model
         self.best = math.nan
         self.best_epoch = 0
@@ -152,7 +153,7 @@ class EarlyStopping(Callback):
             return False
         if math.isnan(self.best):
             return True
-        if self.cfg.mode == "min":
+        if self.mode == "min":
             return value < self.best - self.cfg.min_delta
         return value > self.best + self.cfg.min_delta
 

@@ -277,7 +277,7 @@ class AugmentConfig:
 class EarlyStoppingConfig:
     enabled: bool = False
     monitor: str = "val_loss"  # val_loss | val_acc | train_loss | train_acc
-    mode: str = "min"  # min: lower is better; max: higher is better
+    mode: str | None = None  # min | max; null: min for losses, max for accuracies
     patience: int = 5  # epochs without improvement before stopping
     min_delta: float = 0.0  # an improvement must beat the best by more than this
     restore_best: bool = True  # end with the weights of the best epoch
@@ -466,6 +466,11 @@ def validate(cfg: DictConfig) -> list[str]:
     need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
     need(0 <= cfg.model.get("input_dropout", 0) < 1, "model.input_dropout must be in [0, 1)")
     need(cfg.model.get("blocks", 1) >= 1, "model.blocks must be >= 1")
+    need(
+        not cfg.model.get("pretrained") or cfg.init.name == "default",
+        f"init={cfg.init.name} would overwrite the pretrained weights: keep init=default "
+        "with model.pretrained=true",
+    )
     need(cfg.model.get("kernel_size", 1) >= 1, "model.kernel_size must be >= 1, e.g. 3")
     opt = cfg.optimizer
     need(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum must be in [0, 1)")
@@ -500,7 +505,10 @@ def validate(cfg: DictConfig) -> list[str]:
         f"regularization.early_stopping.monitor={stop.monitor}: "
         "choose val_loss, val_acc, train_loss or train_acc",
     )
-    need(stop.mode in ("min", "max"), "regularization.early_stopping.mode: choose min or max")
+    need(
+        stop.mode in (None, "min", "max"),
+        "regularization.early_stopping.mode: choose min or max (or null: from the monitor)",
+    )
     need(stop.patience >= 1, "regularization.early_stopping.patience must be >= 1")
     aug = cfg.augment
     need(0 <= aug.hflip <= 1, "augment.hflip is a probability: 0..1")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 
 import torch
 from omegaconf import DictConfig
@@ -52,7 +53,7 @@ class Diagnostics(Callback):
         self.layers = weighted_layers(model)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.total_norms: list[torch.Tensor] = []  # this interval's, still on the device
-        self.norm_history: list[float] = []
+        self.norm_history: deque[float] = deque(maxlen=1000)  # recent finite total norms
         self.previous: dict[str, torch.Tensor] = {}  # weights one step before a sampled step
         self.hooks: list = []
         self.activations: dict[str, dict[str, torch.Tensor]] = {}

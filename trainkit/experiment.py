@@ -189,10 +189,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         import torchvision  # 1.5 s to import: only when needed
 
         originals = dataset.train.images[:32]
-        for tag, images in (
-            ("originals", originals.float()),
-            ("samples", training.augment(originals)),
-        ):
+        devices = [originals.device] if originals.is_cuda else []
+        with torch.random.fork_rng(devices=devices):  # the preview must not change training
+            augmented = training.augment(originals)
+        for tag, images in (("originals", originals.float()), ("samples", augmented)):
             grid = torchvision.utils.make_grid(images / 255, nrow=8, pad_value=1.0)
             tensorboard.writer.add_image(f"augment/{tag}", grid, 0)
     try:
@@ -201,6 +201,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except Diverged as e:  # keep what was learned about the run, then report it
         state, diverged = e.state, str(e)
         state.stop_reason = diverged
+    except BaseException:  # Ctrl-C or a crash: leave the event file complete and readable
+        tensorboard.writer.close()
+        raise
     test = (
         evaluate(
             model, dataset.test, training.normalize, training.loss_fn, cfg.trainer.eval_batch_size

@@ -64,7 +64,9 @@ def measure(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss_fn: nn
         w = layer.weight.detach()
         w2 = w.pow(2).mean().item()
         fan_in = w[0].numel()
-        fan_out = w.shape[0] * w[0, 0].numel()  # out channels x kernel area
+        # Each input unit feeds out_channels x kernel area outputs, divided by the stride.
+        stride = math.prod(getattr(layer, "stride", (1,)))
+        fan_out = w.shape[0] * w[0, 0].numel() / stride
         s = seen[name]
         rows.append({
             "layer": name,

@@ -56,14 +56,11 @@ def judge(points: list[dict]) -> str:
         return "one size only: give sizes=a,b,c to see a trend"
     before, last = points[-2]["val_loss"], points[-1]["val_loss"]
     fall = (before - last) / before
-    gap = last - points[-1]["train_loss"]
     if fall > STILL_FALLING:
-        return (f"more data would help: val loss still fell {fall:.0%} from "
-                f"{points[-2]['train_size']:,} to {points[-1]['train_size']:,} samples "
-                f"(train/val gap {gap:.3f})")  # fmt: skip
+        sizes = f"{points[-2]['train_size']:,} to {points[-1]['train_size']:,} samples"
+        return f"more data would help: val loss still fell {fall:.0%} from {sizes}"
     return (f"val loss has flattened ({fall:+.0%} over the last size): more data will not help "
-            f"much; a bigger model, longer training or less regularization will "
-            f"(train/val gap {gap:.3f})")  # fmt: skip
+            "much; a bigger model, longer training or less regularization will")  # fmt: skip
 
 
 def write_outputs(points: list[dict], verdict: str, out_dir: Path) -> None:
@@ -74,7 +71,9 @@ def write_outputs(points: list[dict], verdict: str, out_dir: Path) -> None:
         writer.writerows(points)
     sizes = [p["train_size"] for p in points]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sizes, [p["train_loss"] for p in points], "-o", label="train loss (last epoch)")
+    ax.plot(
+        sizes, [p["train_loss"] for p in points], "-o", label="train loss (last epoch, train mode)"
+    )
     ax.plot(sizes, [p["val_loss"] for p in points], "-s", label="val loss (last epoch)")
     ax.set(xscale="log", xlabel="training-set size", ylabel="loss", title="learning curve")
     ax.grid(alpha=0.3)

@@ -142,7 +142,8 @@ class Diverged(Exception):
 def stop_if_diverged(nonfinite_at: torch.Tensor, optimizer: Optimizer, state: FitState) -> None:
     step = int(nonfinite_at.item())
     if step >= 0:
-        lr = optimizer.param_groups[0]["lr"]
+        group = optimizer.param_groups[0]
+        lr = group.get("initial_lr", group["lr"])  # as configured, before any schedule
         raise Diverged(
             f"the loss became NaN/Inf at step {step} (lr {lr:.3g}); likely causes: the learning "
             "rate is too high, the initial weights too large, or gradients unclipped: try "

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import console
 from trainkit.callbacks import Callback
+from trainkit.errors import UserError
 from trainkit.experiment import build
 from trainkit.loop import Diverged, FitState, train_epoch
 
@@ -88,8 +89,11 @@ def lr_find(cfg: DictConfig, out_dir: Path) -> dict:
             train_epoch(training, dataset.train, generator, state, [recorder])
         except Diverged:
             break  # the loss blew up: the end of the range test, not an error
-    if not recorder.losses:
-        raise RuntimeError("lr-find recorded no step")
+    if not any(math.isfinite(s) for s in recorder.smoothed):
+        raise UserError(
+            f"lr-find: the loss was NaN/Inf from its first step at lr={START_LR:g}: the model or "
+            "its init diverges before any lr matters; check init= and the model settings"
+        )
     suggested, best = suggest(recorder.lrs, recorder.smoothed)
     write_outputs(out_dir, recorder, suggested, best)
     console.console.print(
