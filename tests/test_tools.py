@@ -120,3 +120,30 @@ def test_init_report_predictions_hold_for_strided_convolutions(
     for row in rows:
         assert row["act_std"] == pytest.approx(row["act_pred"], rel=0.25), row["layer"]
         assert row["grad_std"] == pytest.approx(row["grad_pred"], rel=0.25), row["layer"]
+
+
+def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_scores_it(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    from trainkit.evaluation import evaluate_checkpoint
+
+    overrides = [*small_overrides(fmnist_slice, "cnn"), "epochs=1"]
+    summary = run(compose_config(overrides), tmp_path / "run")
+    # Only data location and device come from this config: the model is the checkpoint's.
+    here = compose_config([f"data.root={fmnist_slice}", "data.download=false"])
+    result = evaluate_checkpoint(here, tmp_path / "eval", ckpt=[str(tmp_path / "run")])
+    assert result["checkpoint"].endswith("checkpoints/best.pt") and result["split"] == "test"
+    assert result["acc"] == pytest.approx(summary["test"]["acc"])
+    assert result["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
+    assert result["confusion_matrix"]["counts"] == summary["confusion_matrix"]["counts"]
+    val = evaluate_checkpoint(here, tmp_path / "eval", ckpt=[str(tmp_path / "run")], split=["val"])
+    assert val["samples"] == 200 and val["acc"] == pytest.approx(summary["best"]["val_acc"])
+
+
+def test_evaluate_from_the_command_line_says_what_is_wrong(tmp_path: Path) -> None:
+    result = trainkit("evaluate", f"ckpt={tmp_path}/nothing.pt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"trainkit evaluate: error: checkpoint {tmp_path}/nothing.pt does not exist: "
+        "check the path\n"
+    )

@@ -47,6 +47,7 @@ SUBCOMMANDS = {
     "lr-find": "trainkit.lr_finder:lr_find",
     "init-report": "trainkit.init_report:init_report",
     "learning-curve": "trainkit.learning_curve:learning_curve",
+    "evaluate": "trainkit.evaluation:evaluate_checkpoint",
 }
 
 
@@ -82,7 +83,11 @@ def hydra_app(cfg: DictConfig) -> float:
 
 
 # Arguments of a subcommand's own, not config keys: name=a,b,c -> a list of strings.
-SUBCOMMAND_ARGS = {"init-report": ("schemes",), "learning-curve": ("sizes",)}
+SUBCOMMAND_ARGS = {
+    "init-report": ("schemes",),
+    "learning-curve": ("sizes",),
+    "evaluate": ("ckpt", "split"),
+}
 
 
 def run_subcommand(name: str, args: list[str]) -> int:

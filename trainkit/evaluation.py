@@ -1,0 +1,85 @@
+"""`trainkit evaluate ckpt=<run dir or .pt> [split=test|val] [overrides]`: score a checkpoint.
+
+The model, data split, normalization and loss come from the checkpoint's own config, so a run
+rebuilds itself. Only where and how to run comes from the command line: data.root,
+data.download, trainer.device and trainer.eval_batch_size. Prints loss, accuracy and the
+confusion matrix; writes evaluation.json into outputs/evaluate/<date>/<time>/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from trainkit import checkpoint, console, data, runtime
+from trainkit.config import check_targets
+from trainkit.errors import UserError, first_line
+from trainkit.experiment import build_model
+from trainkit.loop import confusion_matrix, evaluate
+from trainkit.losses import build_loss
+from trainkit.transfer import checkpoint_path
+
+
+def evaluate_checkpoint(
+    cfg: DictConfig, out_dir: Path, ckpt: list[str] | None = None, split: list[str] | None = None
+) -> dict:
+    if not ckpt:
+        raise UserError("evaluate needs ckpt=<run dir or checkpoint .pt>")
+    which = (split or ["test"])[0]
+    if which not in ("test", "val"):
+        raise UserError(f"split={which}: choose test or val")
+    path = checkpoint_path(ckpt[0])
+    saved = checkpoint.load(path)
+    run_cfg = OmegaConf.create(saved["config"])
+    errors = check_targets(run_cfg)  # before anything from the file is instantiated
+    if errors:
+        raise UserError(f"{path}: {errors[0]}")
+    for key in ("data.root", "data.download", "trainer.device", "trainer.eval_batch_size"):
+        OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key))
+
+    device = runtime.setup(run_cfg.trainer)
+    dataset = data.load(run_cfg.data, device)
+    model = build_model(run_cfg.model, dataset.input_shape, dataset.num_classes)
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path} does not fit its own config's model ({first_line(e)})") from None
+    model = model.to(device)
+    normalize = data.Normalizer(run_cfg.data.mean, run_cfg.data.std, device)
+    target = dataset.test if which == "test" else dataset.val
+    batch = run_cfg.trainer.eval_batch_size
+    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch)
+    matrix = confusion_matrix(model, target, normalize, dataset.num_classes, batch)
+    result = {
+        "checkpoint": str(path),
+        "epoch": saved["epoch"],
+        "split": which,
+        "samples": len(target),
+        **metrics,
+        "confusion_matrix": {"classes": dataset.class_names, "counts": matrix.tolist()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    console.console.print(
+        f"{path} (epoch {saved['epoch']}) on {which} ({len(target):,} samples): "
+        f"loss {metrics['loss']:.4f}, accuracy {metrics['acc']:.4f}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.console.print(matrix_table(result["confusion_matrix"]))
+    return result
+
+
+def matrix_table(matrix: dict) -> Table:
+    table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    table.add_column("")
+    for i in range(len(matrix["classes"])):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(matrix["classes"], matrix["counts"], strict=True)):
+        table.add_row(
+            f"{i} {name}", *(f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row))
+        )
+    return table
