@@ -147,3 +147,15 @@ def test_evaluate_from_the_command_line_says_what_is_wrong(tmp_path: Path) -> No
         f"trainkit evaluate: error: checkpoint {tmp_path}/nothing.pt does not exist: "
         "check the path\n"
     )
+
+
+def test_tool_arguments_are_checked_with_one_line(tmp_path: Path) -> None:
+    from trainkit.errors import UserError
+
+    cfg = compose_config([])
+    with pytest.raises(UserError, match=r"^schemes: bogus unknown; choose from constant, "):
+        init_report(cfg, tmp_path, schemes=["he_normal", "bogus"])
+    with pytest.raises(UserError, match=r"^sizes=abc: give counts or fractions"):
+        learning_curve(cfg, tmp_path, sizes=["abc"])
+    with pytest.raises(UserError, match=r"^sizes must be > 0"):
+        learning_curve(cfg, tmp_path, sizes=["0", "100"])

@@ -31,6 +31,7 @@ from trainkit.loop import (
     evaluate,
     fit,
     steps_per_epoch,
+    weight_tensors,
 )
 from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
@@ -49,14 +50,11 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
 
 
 def param_groups(model: nn.Module) -> list[dict]:
-    """Weight decay for weight matrices and kernels only: biases and normalization scales/shifts
-    (every parameter with fewer than 2 dims) get none, as decaying them only hurts the fit.
-    Frozen parameters are left out."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if p.ndim >= 2]},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    """Weight decay for the weight tensors only (loop.weight_tensors); frozen ones left out."""
+    decayed = weight_tensors(model)
+    ids = {id(p) for p in decayed}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [{"params": decayed}, {"params": rest, "weight_decay": 0.0}]
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:

@@ -31,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from trainkit import console, data, runtime
 from trainkit.config import CONF_DIR
 from trainkit.diagnostics import weighted_layers
+from trainkit.errors import UserError
 from trainkit.experiment import build_model
 from trainkit.init import initialize
 from trainkit.losses import build_loss
@@ -80,6 +81,10 @@ def measure(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss_fn: nn
 
 def init_report(cfg: DictConfig, out_dir: Path, schemes: list[str] | None = None) -> dict:
     schemes = schemes or SCHEMES
+    known = sorted(p.stem for p in (CONF_DIR / "init").glob("*.yaml"))
+    unknown = [s for s in schemes if s not in known]
+    if unknown:
+        raise UserError(f"schemes: {', '.join(unknown)} unknown; choose from {', '.join(known)}")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         scheme_configs = {s: compose("config", overrides=[f"init={s}"]).init for s in schemes}
     device = runtime.setup(cfg.trainer)

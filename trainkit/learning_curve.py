@@ -20,6 +20,7 @@ import matplotlib
 from omegaconf import DictConfig
 
 from trainkit import console
+from trainkit.errors import UserError
 from trainkit.experiment import run
 
 matplotlib.use("Agg")
@@ -30,8 +31,15 @@ STILL_FALLING = 0.05  # relative fall of val loss between the last two sizes
 
 
 def learning_curve(cfg: DictConfig, out_dir: Path, sizes: list[str] | None = None) -> dict:
+    try:
+        values = [float(s) for s in sizes or DEFAULT_SIZES]
+    except ValueError:
+        raise UserError(f"sizes={','.join(sizes)}: give counts or fractions, e.g. "
+                        "sizes=1000,4000,0.5") from None  # fmt: skip
+    if any(v <= 0 for v in values):
+        raise UserError("sizes must be > 0: counts (> 1) or fractions (<= 1)")
     points = []
-    for size in [float(s) for s in sizes or DEFAULT_SIZES]:
+    for size in values:
         job = copy.deepcopy(cfg)
         job.data.train_size = size
         summary = run(job, out_dir / f"train_size={size:g}")

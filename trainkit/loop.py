@@ -45,6 +45,13 @@ class FitState:
     stop_reason: str | None = None
 
 
+def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable weight matrices and kernels: what weight decay and the L1/L2 penalties act on.
+    Biases and normalization scales/shifts (fewer than 2 dims) are spared: decaying them only
+    hurts the fit."""
+    return [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+
+
 @dataclass
 class Training:
     """Everything that decides the math of a training step, built once by experiment.py."""
@@ -60,8 +67,7 @@ class Training:
     trainer: DictConfig  # the trainer group
 
     def __post_init__(self) -> None:
-        # Penalties and decay apply to weight matrices and kernels, not biases or norm layers.
-        self.penalized = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        self.penalized = weight_tensors(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
 
