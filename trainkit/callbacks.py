@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
-from trainkit import checkpoint
+from trainkit import checkpoint, hparams
 from trainkit.schedule import current_momentum
 
 if TYPE_CHECKING:
@@ -33,17 +33,27 @@ class Callback:
 
 
 class TensorBoardLogger(Callback):
-    """Epoch curves under loss/*, acc/* and lr (x axis: epoch), train and val on one chart."""
+    """Epoch curves under loss/*, acc/* and lr (x axis: epoch), train and val on one chart;
+    the run's hparams and its outcome for the HPARAMS tab (hparams.py)."""
 
     def __init__(
-        self, run_dir: Path, config_yaml: str, optimizer: Optimizer, every_n_steps: int
+        self,
+        run_dir: Path,
+        config_yaml: str,
+        optimizer: Optimizer,
+        every_n_steps: int,
+        run_hparams: dict,
+        monitor: str,
     ) -> None:
         self.writer = SummaryWriter(log_dir=str(run_dir))
         self.config_yaml = config_yaml
         self.optimizer = optimizer
         self.every_n_steps = every_n_steps
+        self.hparams = run_hparams
+        self.monitor = monitor
 
     def on_fit_start(self, state: FitState) -> None:
+        hparams.write_start(self.writer, self.hparams, self.monitor)
         # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
         self.writer.add_custom_scalars(
             {
@@ -90,6 +100,14 @@ class TensorBoardLogger(Callback):
         if math.isfinite(summary["test"]["acc"]):
             self.writer.add_scalar("loss/test", summary["test"]["loss"], state.epoch)
             self.writer.add_scalar("acc/test", summary["test"]["acc"], state.epoch)
+        if summary["best"] is not None:
+            best = summary["best"][self.monitor]
+            self.writer.add_scalar(f"best/{self.monitor}", best, summary["best"]["epoch"])
+        self.close(summary["status"])
+
+    def close(self, status: str) -> None:
+        """End the HPARAMS session with how the run ended, and flush everything to disk."""
+        hparams.write_end(self.writer, status)
         self.writer.close()
 
 

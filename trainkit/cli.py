@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import itertools
+import logging
 import re
 import sys
 from datetime import datetime
@@ -23,6 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit.config import (
@@ -33,7 +35,9 @@ from trainkit.config import (
     validate,
 )
 from trainkit.errors import UserError, first_line
+from trainkit.sweep import FAILED_JOBS, record_failure
 
+log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
 MAX_PREFLIGHT_JOBS = 64  # larger sweeps are checked value by value instead of job by job
 
 # At import, not in main(): processes that only import this module to run a job (joblib and
@@ -63,23 +67,47 @@ def main() -> None:
                 print(f"trainkit: error: {line}", file=sys.stderr)
             sys.exit(2)
     hydra_app()
+    if FAILED_JOBS:  # the sweep finished the other jobs; its exit code still says some failed
+        sys.exit(1)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_app(cfg: DictConfig) -> float:
-    """One job; returns the monitored metric for Hydra's sweepers."""
+    """One job; returns its best trainer.monitor value, the number Hydra's sweepers optimize.
+
+    In a sweep a job that fails is recorded as failed (sweep.record_failure) and the sweep goes
+    on; a single run ends with the error's one line and exit code 2.
+    """
+    from trainkit import runtime
     from trainkit.experiment import run  # torch loads only when it is needed
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        errors = validate(cfg)
+        errors = validate(cfg)  # again: a sweeper (Optuna) may have chosen the values
         if errors:
             raise UserError("; ".join(errors))
+        if in_sweep and cfg.trainer.threads is None:
+            cfg.trainer.threads = runtime.threads_per_job(hydra_cfg.launcher)
         summary = run(cfg, run_dir)
     except UserError as e:
-        print(f"trainkit: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not in_sweep:
+            print(f"trainkit: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return record_failure(run_dir, str(e), job_label(hydra_cfg))
+    except Exception as e:
+        if not in_sweep:
+            raise
+        log.exception("job failed")  # the traceback goes to the job's trainkit.log
+        reason = f"{type(e).__name__}: {first_line(e)} (traceback in {run_dir}/trainkit.log)"
+        return record_failure(run_dir, reason, job_label(hydra_cfg))
     return summary["best"][cfg.trainer.monitor]
+
+
+def job_label(hydra_cfg: DictConfig) -> str:
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("data.root=")]
+    return f"#{hydra_cfg.job.num} ({shorten_aliases(','.join(overrides))})"
 
 
 # Arguments of a subcommand's own, not config keys: name=a,b,c -> a list of strings.

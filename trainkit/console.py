@@ -4,6 +4,8 @@ per epoch when stdout is not a terminal), and a summary table at the end."""
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -119,3 +121,58 @@ def print_summary(summary: dict) -> None:
     )
     console.print(line, highlight=False, soft_wrap=True)
     log.info("test loss %.4f acc %.4f; %s", test["loss"], test["acc"], line)
+
+
+def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
+    """The ranked jobs of a sweep (sweep.py), then the mean ± std per configuration over seeds."""
+    m = report.metric
+    table = Table(title=f"sweep: {len(jobs)} jobs ranked by best {m}", title_justify="left")
+    for name in ["#", *report.keys]:
+        table.add_column(name)
+    for name in (f"best {m}", "best ep", "final val_loss", "test acc", "epochs", "time"):
+        table.add_column(name, justify="right")
+    failures = [row for row in jobs if row["status"] != "completed"]
+    if failures:
+        table.add_column("status")
+    for row in jobs:
+        ok = row["status"] == "completed"
+        cells = [
+            str(row["rank"]), *(row[k] for k in report.keys), _num(row[f"best_{m}"]),
+            str(row["best_epoch"]), _num(row["final_val_loss"]), _num(row["test_acc"]),
+            str(row["epochs"]), f"{row['time_s']:.1f}s" if ok else "-",
+        ]  # fmt: skip
+        if failures:
+            cells.append(row["status"])
+        table.add_row(*cells, style=None if ok else "red")
+    out = console if console.is_terminal else Console(width=120)  # logs: room for the columns
+    out.print(table)
+    for row in failures:  # the first clause; the whole reason is in summary.csv
+        overrides = ",".join(f"{k}={row[k]}" for k in report.keys)
+        reason = (row["reason"] or "no summary.json: it was stopped").split(";")[0]
+        out.print(f"[red]{row['status']}:[/] {overrides}: {reason}", highlight=False)
+    if not groups:
+        return
+    keys = [k for k in report.keys if k != "seed"]
+    table = Table(title="mean ± std over seeds", title_justify="left")
+    for name in [*keys, "n"]:
+        table.add_column(name)
+    for name in (f"best {m}", "final val_loss", "test acc"):
+        table.add_column(name, justify="right")
+    for row in groups:
+        n = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        table.add_row(
+            *(row[k] for k in keys), n,
+            *(_mean_std(row, name) for name in (f"best_{m}", "final_val_loss", "test_acc")),
+        )  # fmt: skip
+    out.print(table)
+
+
+def _num(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def _mean_std(row: dict, name: str) -> str:
+    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"

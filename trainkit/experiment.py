@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, runtime, transfer
+from trainkit import console, data, hparams, runtime, transfer
 from trainkit.augment import Augment
 from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
@@ -168,8 +168,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tensorboard = TensorBoardLogger(
-        run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps
-    )
+        run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps,
+        hparams.collect(cfg), cfg.trainer.monitor,
+    )  # fmt: skip
     callbacks = [
         console.ProgressPrinter(),
         tensorboard,
@@ -199,8 +200,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except Diverged as e:  # keep what was learned about the run, then report it
         state, diverged = e.state, str(e)
         state.stop_reason = diverged
-    except BaseException:  # Ctrl-C or a crash: leave the event file complete and readable
-        tensorboard.writer.close()
+    except BaseException as e:  # Ctrl-C or a crash: leave the event file complete and readable
+        tensorboard.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
         raise
     test = (
         evaluate(
@@ -220,6 +221,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             figure = plots.confusion_figure(matrix, dataset.class_names)
             tensorboard.writer.add_figure("confusion_matrix", figure, state.epoch)
             plots.learning_curves_png(state.history, run_dir / "curves.png")
+    summary["status"] = "completed" if diverged is None else "failed"
     summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None)
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

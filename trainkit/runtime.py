@@ -40,6 +40,25 @@ def seed_everything(seed: int) -> None:
 DEFAULT_THREADS = torch.get_num_threads()  # before any run changed it
 
 
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use, not the host's count
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(launcher: DictConfig) -> int | None:
+    """Torch threads for one job of a sweep whose jobs run side by side on this machine
+    (Hydra's joblib launcher): the cores divided among them. None: leave the default."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    cores = available_cores()
+    n_jobs = launcher.get("n_jobs") or 1
+    if n_jobs < 0:  # joblib's convention: -1 is all cores, -2 all but one, ...
+        n_jobs = max(1, cores + 1 + n_jobs)
+    return max(1, cores // n_jobs)
+
+
 def setup(trainer: DictConfig) -> torch.device:
     """Apply the trainer's process settings and return the device to run on.
 

@@ -1,0 +1,100 @@
+"""TensorBoard's HPARAMS tab, written so that it works for every sweep.
+
+`SummaryWriter.add_hparams` writes into a new timestamped sub-folder with its own copy of the
+metrics, so the tab shows runs that are not the job's own and learning curves that are not
+beside them. Here each job writes the three hparams records (experiment, session start,
+session end) into its own run dir, with:
+- the metrics declared up front: the tags the run already logs, read back by the tab;
+- the same key set in every job of a sweep: every config group's choice, the keys people sweep
+  most, and every key the command line overrides (all jobs of a sweep override the same keys);
+- values TensorBoard can hold: None and lists become text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from torch.utils.tensorboard import SummaryWriter
+
+GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "regularization", "augment",
+          "trainer")  # fmt: skip
+CORE_KEYS = ("optimizer.lr", "trainer.batch_size", "trainer.epochs", "trainer.seed")
+# Overrides that say where things are, not how training goes.
+NOT_HPARAMS = ("data.root", "data.download", "trainer.device")
+
+STATUS = {
+    "completed": api_pb2.STATUS_SUCCESS,
+    "failed": api_pb2.STATUS_FAILURE,
+    "interrupted": api_pb2.STATUS_UNKNOWN,  # the protocol has no "stopped early"
+}
+
+
+def metric_tags(monitor: str) -> list[str]:
+    """Scalar tags the HPARAMS tab shows for each job (it reads each tag's last value)."""
+    return ["acc/val", "loss/val", "acc/train", "loss/train", "acc/test", "loss/test",
+            f"best/{monitor}"]  # fmt: skip
+
+
+def collect(cfg: DictConfig) -> dict[str, bool | float | str]:
+    """The hparams of this job: group choices, the core keys and the overridden keys."""
+    choices: dict[str, Any] = {}
+    overridden: list[str] = []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        choices = dict(hydra_cfg.runtime.choices)
+        overridden = [o.partition("=")[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    values: dict[str, Any] = {group: choices.get(group, "") for group in GROUPS}
+    for key in [*CORE_KEYS, *sorted(overridden)]:
+        if key in values or key in NOT_HPARAMS or key.startswith("hydra"):
+            continue
+        node = OmegaConf.select(cfg, key, default=None)
+        values[key] = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return {key: normalize(value) for key, value in values.items()}
+
+
+def normalize(value: Any) -> bool | float | str:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    return json.dumps(value)  # None -> "null", lists and dicts -> their JSON text
+
+
+def write_start(writer: SummaryWriter, hparams: dict, monitor: str) -> None:
+    """Declare the experiment (hparams and metrics) and start this job's session."""
+    infos = [api_pb2.HParamInfo(name=key, type=data_type(value)) for key, value in hparams.items()]
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags(monitor)]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for key, value in hparams.items():
+        field = {bool: "bool_value", float: "number_value", str: "string_value"}[type(value)]
+        setattr(start.hparams[key], field, value)
+    write(writer, metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    write(writer, metadata.SESSION_START_INFO_TAG,
+          plugin_data_pb2.HParamsPluginData(session_start_info=start))  # fmt: skip
+
+
+def write_end(writer: SummaryWriter, status: str) -> None:
+    end = plugin_data_pb2.SessionEndInfo(status=STATUS[status], end_time_secs=time.time())
+    write(writer, metadata.SESSION_END_INFO_TAG,
+          plugin_data_pb2.HParamsPluginData(session_end_info=end))  # fmt: skip
+
+
+def write(writer: SummaryWriter, tag: str, content: plugin_data_pb2.HParamsPluginData) -> None:
+    # tensorboard.plugins.hparams.summary builds these same records but needs TensorFlow.
+    value = Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(content))
+    writer._get_file_writer().add_summary(Summary(value=[value]))
+
+
+def data_type(value: bool | float | str) -> int:
+    if isinstance(value, bool):
+        return api_pb2.DATA_TYPE_BOOL
+    if isinstance(value, float):
+        return api_pb2.DATA_TYPE_FLOAT64
+    return api_pb2.DATA_TYPE_STRING

@@ -1,0 +1,284 @@
+"""What a sweep found: every job's outcome ranked, seeds aggregated, summary.csv and a plot.
+
+Hydra calls `SweepSummary.on_multirun_end` in the launching process once the sweep is over,
+whatever ran the jobs (basic, joblib or submitit launcher; grid or Optuna sweeper). It reads
+only what each job left in its own folder (.hydra/overrides.yaml, summary.json, metrics.csv), so
+the same report can be made again from a finished sweep dir: `trainkit compare <sweep dir>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.config import shorten_aliases
+
+SEED_KEY = "seed"  # trainer.seed as the user types it
+NOT_COMPARED = ("data.root", "data.download")  # where the data is, not how training goes
+FAILED = "failed"
+FAILED_JOBS: list[Job] = []  # of the sweeps reported in this process: cli.main's exit code
+
+
+@dataclass
+class Job:
+    """One job of a sweep, as its folder tells it."""
+
+    num: int
+    path: Path
+    overrides: dict[str, str]  # key -> value, aliases as typed: {"lr": "0.1", "optimizer": "sgd"}
+    summary: dict = field(default_factory=dict)  # summary.json; {} if the job left none
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "completed" if self.summary else "not finished")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def reason(self) -> str:
+        return self.summary.get("reason") or (
+            "" if self.ok else self.summary.get("stop_reason", "")
+        )
+
+    def best(self, metric: str) -> float:
+        return (self.summary.get("best") or {}).get(metric, math.nan)
+
+    def final(self, metric: str) -> float:
+        return (self.summary.get("final") or {}).get(metric, math.nan)
+
+    def test(self, metric: str) -> float:
+        return (self.summary.get("test") or {}).get(metric, math.nan)
+
+    def history(self) -> list[dict[str, float]]:
+        path = self.path / "metrics.csv"
+        if not path.is_file():
+            return []
+        with path.open(newline="") as f:
+            return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def record_failure(run_dir: Path, reason: str, job_label: str) -> float:
+    """Mark a sweep job failed in its summary.json, say so now, and return NaN for the sweeper
+    (Optuna marks a NaN trial failed and goes on; Hydra's basic sweeper only sees a value)."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {"run_dir": str(run_dir)}
+    summary |= {"status": FAILED, "reason": reason}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"trainkit: job {job_label} failed: {reason}", file=sys.stderr, flush=True)
+    return math.nan
+
+
+def read_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job folder under the sweep dir (those with .hydra/overrides.yaml), in job order."""
+    jobs = []
+    for hydra_dir in sweep_dir.glob("*/.hydra"):
+        if not (hydra_dir / "overrides.yaml").is_file():
+            continue
+        overrides = {}
+        for text in OmegaConf.load(hydra_dir / "overrides.yaml"):
+            key, _, value = shorten_aliases(str(text)).partition("=")
+            if not key.startswith("hydra") and key not in NOT_COMPARED:
+                overrides[key.lstrip("+~")] = value
+        num = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num")
+        summary_path = hydra_dir.parent / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        jobs.append(Job(int(num or 0), hydra_dir.parent, overrides, summary))
+    return sorted(jobs, key=lambda job: job.num)
+
+
+def varied_keys(jobs: list[Job]) -> list[str]:
+    """The overrides whose value differs between jobs, in command-line order."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def maximized(metric: str) -> bool:
+    return not metric.endswith("loss")
+
+
+def rank(jobs: list[Job], metric: str) -> list[Job]:
+    """Best first by the best value of `metric`; failed or unfinished jobs last, in job order."""
+
+    def key(job: Job) -> tuple[int, float, int]:
+        value = job.best(metric)
+        if not job.ok or math.isnan(value):
+            return (1, 0.0, job.num)
+        return (0, -value if maximized(metric) else value, job.num)
+
+    return sorted(jobs, key=key)
+
+
+@dataclass
+class Group:
+    """The jobs of one configuration that differ only by seed."""
+
+    overrides: dict[str, str]
+    jobs: list[Job]
+
+    @property
+    def done(self) -> list[Job]:
+        return [job for job in self.jobs if job.ok]
+
+    def stats(self, values: list[float]) -> tuple[float, float]:
+        """Mean and sample standard deviation (NaN for fewer than two values)."""
+        finite = [v for v in values if math.isfinite(v)]
+        if not finite:
+            return math.nan, math.nan
+        std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+        return statistics.fmean(finite), std
+
+
+def by_seed(jobs: list[Job], keys: list[str]) -> list[Group]:
+    """Jobs grouped by every varied override except the seed (empty if no seed was swept)."""
+    if SEED_KEY not in keys:
+        return []
+    others = [k for k in keys if k != SEED_KEY]
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        overrides = {k: job.overrides.get(k, "") for k in others}
+        groups.setdefault(tuple(overrides.values()), Group(overrides, [])).jobs.append(job)
+    return list(groups.values())
+
+
+# ------------------------------------------------------------------------------ report
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    metric: str
+    ranked: list[Job]
+    keys: list[str]  # varied overrides
+    groups: list[Group]
+
+    @property
+    def failed(self) -> list[Job]:
+        return [job for job in self.ranked if not job.ok]
+
+
+def build_report(sweep_dir: Path, metric: str) -> Report:
+    jobs = read_jobs(sweep_dir)
+    keys = varied_keys(jobs)
+    return Report(
+        sweep_dir, metric, rank(jobs, metric), keys, rank_groups(by_seed(jobs, keys), metric)
+    )
+
+
+def rank_groups(groups: list[Group], metric: str) -> list[Group]:
+    """Best mean first; groups with no finished job last."""
+
+    def key(group: Group) -> tuple[int, float]:
+        mean = group.stats([job.best(metric) for job in group.done])[0]
+        if math.isnan(mean):
+            return (1, 0.0)
+        return (0, -mean if maximized(metric) else mean)
+
+    return sorted(groups, key=key)
+
+
+def job_rows(report: Report) -> list[dict[str, Any]]:
+    """One row per job, best first: the columns of summary.csv."""
+    m = report.metric
+    rows = []
+    for i, job in enumerate(report.ranked, start=1):
+        rows.append({
+            "rank": i if job.ok else "",
+            "job": job.path.name,
+            "status": job.status,
+            **{key: job.overrides.get(key, "") for key in report.keys},
+            f"best_{m}": job.best(m),
+            "best_epoch": (job.summary.get("best") or {}).get("epoch", ""),
+            "final_train_loss": job.final("train_loss"),
+            "final_val_loss": job.final("val_loss"),
+            "final_val_acc": job.final("val_acc"),
+            "test_acc": job.test("acc"),
+            "test_loss": job.test("loss"),
+            "epochs": job.summary.get("epochs_run", ""),
+            "time_s": job.summary.get("wall_time_s", math.nan),
+            "reason": job.reason,
+        })  # fmt: skip
+    return rows
+
+
+def group_rows(report: Report) -> list[dict[str, Any]]:
+    """Mean and std over seeds per configuration: the columns of summary_by_config.csv."""
+    m = report.metric
+    rows = []
+    for group in report.groups:
+        done = group.done
+        row: dict[str, Any] = {
+            **group.overrides,
+            "n": len(done),
+            "failed": len(group.jobs) - len(done),
+        }
+        for name, values in (
+            (f"best_{m}", [j.best(m) for j in done]),
+            ("final_val_loss", [j.final("val_loss") for j in done]),
+            ("test_acc", [j.test("acc") for j in done]),
+        ):
+            row[f"{name}_mean"], row[f"{name}_std"] = group.stats(values)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def write(report: Report) -> list[Path]:
+    """summary.csv, summary_by_config.csv (when seeds were swept) and comparison.png."""
+    from trainkit import plots  # matplotlib: only when there is something to draw
+
+    written = [report.sweep_dir / "summary.csv"]
+    write_csv(job_rows(report), written[0])
+    if report.groups:
+        written.append(report.sweep_dir / "summary_by_config.csv")
+        write_csv(group_rows(report), written[-1])
+    if any(job.ok for job in report.ranked):
+        written.append(report.sweep_dir / "comparison.png")
+        plots.sweep_comparison_png(report, written[-1])
+    return written
+
+
+def print_report(report: Report, written: list[Path]) -> None:
+    from trainkit.console import console, sweep_tables
+
+    sweep_tables(report, job_rows(report), group_rows(report))
+    console.print(
+        f"written: {', '.join(p.name for p in written)} in {report.sweep_dir}; "
+        f"compare the curves: tensorboard --logdir {report.sweep_dir}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): the report when a sweep ends."""
+
+    def __init__(self, rank_by: str | None = None) -> None:
+        self.rank_by = rank_by  # None: the sweep's trainer.monitor
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():  # the sweep stopped before its first job
+            return
+        report = build_report(sweep_dir, self.rank_by or config.trainer.monitor)
+        print_report(report, write(report))
+        FAILED_JOBS.extend(report.failed)
