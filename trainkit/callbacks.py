@@ -53,7 +53,8 @@ class TensorBoardLogger(Callback):
         self.monitor = monitor
 
     def on_fit_start(self, state: FitState) -> None:
-        hparams.write_start(self.writer, self.hparams, self.monitor)
+        swept = hparams.swept_keys(Path(self.writer.log_dir))
+        hparams.write_start(self.writer, self.hparams, self.monitor, swept)
         # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
         self.writer.add_custom_scalars(
             {

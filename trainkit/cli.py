@@ -56,6 +56,8 @@ SUBCOMMANDS = {
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "compare":
+        sys.exit(compare(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(run_subcommand(sys.argv[1], expand_aliases(sys.argv[2:])))
     sys.argv[1:] = expand_aliases(sys.argv[1:])
@@ -95,13 +97,13 @@ def hydra_app(cfg: DictConfig) -> float:
         if not in_sweep:
             print(f"trainkit: error: {e}", file=sys.stderr)
             sys.exit(2)
-        return record_failure(run_dir, str(e), job_label(hydra_cfg))
+        return record_failure(run_dir, str(e), job_label(hydra_cfg), cfg.trainer.monitor)
     except Exception as e:
         if not in_sweep:
             raise
         log.exception("job failed")  # the traceback goes to the job's trainkit.log
         reason = f"{type(e).__name__}: {first_line(e)} (traceback in {run_dir}/trainkit.log)"
-        return record_failure(run_dir, reason, job_label(hydra_cfg))
+        return record_failure(run_dir, reason, job_label(hydra_cfg), cfg.trainer.monitor)
     return summary["best"][cfg.trainer.monitor]
 
 
@@ -143,6 +145,33 @@ def run_subcommand(name: str, args: list[str]) -> int:
     return 0
 
 
+def compare(args: list[str]) -> int:
+    """`trainkit compare <sweep dir> [rank_by=<metric>]`: the end-of-sweep report again, e.g.
+    for a sweep that ran on a cluster or was stopped, or ranked by another metric."""
+    from trainkit import sweep
+
+    rank_by = [a.partition("=")[2] for a in args if a.startswith("rank_by=")]
+    folders = [a for a in args if not a.startswith("rank_by=")]
+    jobs = sweep.read_jobs(Path(folders[0])) if len(folders) == 1 else []
+    error = None
+    if len(folders) != 1:
+        error = "name one sweep dir: trainkit compare outputs/multirun/<date>/<time>"
+    elif not jobs:
+        error = (f"{folders[0]} holds no sweep jobs (folders with .hydra/overrides.yaml): "
+                 "name a dir under outputs/multirun/")  # fmt: skip
+    metric = rank_by[0] if rank_by else jobs[0].monitor if jobs else ""
+    known = {k for job in jobs for k in (job.summary.get("best") or {})}
+    if known and metric not in known:
+        error = f"rank_by={metric}: no such metric; choose one of {', '.join(sorted(known))}"
+    if error:
+        print(f"trainkit compare: error: {error}", file=sys.stderr)
+        return 2
+    folder = Path(folders[0])
+    report = sweep.build_report(folder, metric)
+    sweep.print_report(report, sweep.write(report))
+    return 1 if report.failed else 0
+
+
 # ---------------------------------------------------------------- pre-flight validation
 
 
@@ -170,8 +199,35 @@ def preflight(overrides: list[str], multirun: bool) -> list[str]:
             for line in check_job(job):
                 if line not in errors:
                     errors.append(line)
+        if multirun and not errors:
+            fixed = [text for o, text in zip(parser.parse_overrides(overrides), overrides,
+                                             strict=True) if not o.is_sweep_override()]  # fmt: skip
+            errors += check_sweeper(fixed)
     GlobalHydra.instance().clear()
     return errors
+
+
+def check_sweeper(overrides: list[str]) -> list[str]:
+    """An Optuna study must optimize in the direction in which trainer.monitor improves: each
+    trial returns its best trainer.monitor value."""
+    try:
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:  # hydra/launcher=..., hydra/sweeper=...
+        return [unknown_option_message(e)]
+    except Exception as e:
+        return [first_line(e)]
+    sweeper = cfg.hydra.sweeper
+    direction = sweeper.get("direction")
+    direction = getattr(direction, "name", direction)  # Optuna's schema holds an Enum
+    if "optuna" not in str(sweeper.get("_target_", "")).lower() or not isinstance(direction, str):
+        return []
+    monitor = cfg.trainer.monitor
+    wanted = "minimize" if monitor.endswith("loss") else "maximize"
+    if direction != wanted:
+        return [f"hydra.sweeper.direction={direction}, but each trial returns its best {monitor} "
+                f"(higher is better for accuracy, lower for loss): use "
+                f"hydra.sweeper.direction={wanted}"]  # fmt: skip
+    return []
 
 
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -48,7 +50,7 @@ def collect(cfg: DictConfig) -> dict[str, bool | float | str]:
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         choices = dict(hydra_cfg.runtime.choices)
-        overridden = [o.partition("=")[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+        overridden = [key_of(o) for o in hydra_cfg.overrides.task]
     values: dict[str, Any] = {group: choices.get(group, "") for group in GROUPS}
     for key in [*CORE_KEYS, *sorted(overridden)]:
         if key in values or key in NOT_HPARAMS or key.startswith("hydra"):
@@ -56,6 +58,26 @@ def collect(cfg: DictConfig) -> dict[str, bool | float | str]:
         node = OmegaConf.select(cfg, key, default=None)
         values[key] = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
     return {key: normalize(value) for key, value in values.items()}
+
+
+def key_of(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def swept_keys(run_dir: Path) -> set[str]:
+    """The keys a sweep varies, from the multirun.yaml Hydra wrote into the sweep dir before its
+    first job (the same answer in every job): sweep overrides and a sweeper's own params."""
+    path = run_dir.parent / "multirun.yaml"
+    if not path.is_file():
+        return set()
+    multirun = OmegaConf.load(path)
+    overrides = [str(o) for o in OmegaConf.select(multirun, "hydra.overrides.task", default=[])]
+    params = OmegaConf.select(multirun, "hydra.sweeper.params", default=None) or {}
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    keys = {
+        key_of(text) for o, text in zip(parsed, overrides, strict=True) if o.is_sweep_override()
+    }
+    return keys | {str(k) for k in params}
 
 
 def normalize(value: Any) -> bool | float | str:
@@ -66,9 +88,13 @@ def normalize(value: Any) -> bool | float | str:
     return json.dumps(value)  # None -> "null", lists and dicts -> their JSON text
 
 
-def write_start(writer: SummaryWriter, hparams: dict, monitor: str) -> None:
-    """Declare the experiment (hparams and metrics) and start this job's session."""
-    infos = [api_pb2.HParamInfo(name=key, type=data_type(value)) for key, value in hparams.items()]
+def write_start(writer: SummaryWriter, hparams: dict, monitor: str, swept: set[str]) -> None:
+    """Declare the experiment (hparams and metrics) and start this job's session. `differs`
+    marks the swept keys, the columns TensorBoard shows first."""
+    infos = [
+        api_pb2.HParamInfo(name=key, type=data_type(value), differs=key in swept)
+        for key, value in hparams.items()
+    ]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags(monitor)]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())

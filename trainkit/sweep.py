@@ -36,10 +36,17 @@ class Job:
     path: Path
     overrides: dict[str, str]  # key -> value, aliases as typed: {"lr": "0.1", "optimizer": "sgd"}
     summary: dict = field(default_factory=dict)  # summary.json; {} if the job left none
+    _history: list[dict[str, float]] | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
         return self.summary.get("status", "completed" if self.summary else "not finished")
+
+    @property
+    def monitor(self) -> str:
+        """The job's trainer.monitor, from its saved config."""
+        config = OmegaConf.load(self.path / ".hydra" / "config.yaml")
+        return str(OmegaConf.select(config, "trainer.monitor", default="val_acc"))
 
     @property
     def ok(self) -> bool:
@@ -52,7 +59,16 @@ class Job:
         )
 
     def best(self, metric: str) -> float:
-        return (self.summary.get("best") or {}).get(metric, math.nan)
+        """The best value `metric` reached in any epoch (max for accuracies, min for losses)."""
+        row = self.best_row(metric)
+        return row[metric] if row else math.nan
+
+    def best_row(self, metric: str) -> dict[str, float] | None:
+        rows = [row for row in self.history() if math.isfinite(row.get(metric, math.nan))]
+        if not rows:
+            return None
+        pick = max if maximized(metric) else min
+        return pick(rows, key=lambda row: row[metric])
 
     def final(self, metric: str) -> float:
         return (self.summary.get("final") or {}).get(metric, math.nan)
@@ -61,23 +77,28 @@ class Job:
         return (self.summary.get("test") or {}).get(metric, math.nan)
 
     def history(self) -> list[dict[str, float]]:
+        """metrics.csv: one row per finished epoch (read once)."""
         path = self.path / "metrics.csv"
-        if not path.is_file():
-            return []
-        with path.open(newline="") as f:
-            return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+        if self._history is None:
+            self._history = []
+            if path.is_file():
+                with path.open(newline="") as f:
+                    rows = csv.DictReader(f)
+                    self._history = [{k: float(v) for k, v in r.items() if v} for r in rows]
+        return self._history
 
 
-def record_failure(run_dir: Path, reason: str, job_label: str) -> float:
-    """Mark a sweep job failed in its summary.json, say so now, and return NaN for the sweeper
-    (Optuna marks a NaN trial failed and goes on; Hydra's basic sweeper only sees a value)."""
+def record_failure(run_dir: Path, reason: str, job_label: str, monitor: str) -> float:
+    """Mark a sweep job failed in its summary.json, say so now, and return the worst value of
+    `monitor` for the sweeper: Optuna then steers away from that region and goes on (it stops
+    the whole study on NaN or an exception); Hydra's basic sweeper ignores the value."""
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {"run_dir": str(run_dir)}
     summary |= {"status": FAILED, "reason": reason}
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"trainkit: job {job_label} failed: {reason}", file=sys.stderr, flush=True)
-    return math.nan
+    return -math.inf if maximized(monitor) else math.inf
 
 
 def read_jobs(sweep_dir: Path) -> list[Job]:
@@ -199,7 +220,7 @@ def job_rows(report: Report) -> list[dict[str, Any]]:
             "status": job.status,
             **{key: job.overrides.get(key, "") for key in report.keys},
             f"best_{m}": job.best(m),
-            "best_epoch": (job.summary.get("best") or {}).get("epoch", ""),
+            "best_epoch": int((job.best_row(m) or {}).get("epoch", 0)) or "",
             "final_train_loss": job.final("train_loss"),
             "final_val_loss": job.final("val_loss"),
             "final_val_acc": job.final("val_acc"),

@@ -1,0 +1,335 @@
+"""Sweeps as a user runs them: the ranked report and seed statistics, failed jobs recorded while
+the others finish, HPARAMS read back from a real TensorBoard server, and Hydra's Optuna, joblib
+and submitit plugins."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from omegaconf import OmegaConf
+
+from trainkit import hparams, sweep
+from trainkit.cli import preflight
+from trainkit.config import expand_aliases
+from trainkit.runtime import available_cores
+
+from .conftest import small_overrides
+from .test_cli import trainkit
+
+TENSORBOARD = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or "tensorboard"
+
+
+def run_sweep(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    result = trainkit("-m", *args, cwd=cwd)
+    sweep_dirs = list((cwd / "outputs" / "multirun").glob("*/*"))
+    assert len(sweep_dirs) == 1, result.stderr
+    return result, sweep_dirs[0]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def job_history(job_dir: Path) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in row.items()} for row in read_csv(job_dir / "metrics.csv")]
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(
+    fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Acceptance 1: two optimizers x three seeds with the fast trainer preset."""
+    args = ["optimizer=sgd,adam", "seed=0,1,2", "trainer=fast", *small_overrides(fmnist_slice)]
+    return run_sweep(args, tmp_path_factory.mktemp("seed_sweep"))
+
+
+def test_a_sweep_is_ranked_and_its_seeds_aggregated(
+    seed_sweep: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    result, sweep_dir = seed_sweep
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert {row["status"] for row in rows} == {"completed"}
+    best = [float(row["best_val_acc"]) for row in rows]
+    assert best == sorted(best, reverse=True)
+    for row in rows:  # every number comes from the job's own files
+        job_dir = sweep_dir / row["job"]
+        history = job_history(job_dir)
+        summary = json.loads((job_dir / "summary.json").read_text())
+        assert f"optimizer={row['optimizer']}" in row["job"] and f"seed={row['seed']}" in row["job"]
+        assert float(row["best_val_acc"]) == pytest.approx(max(h["val_acc"] for h in history))
+        assert float(row["final_val_loss"]) == pytest.approx(history[-1]["val_loss"], rel=1e-5)
+        assert float(row["test_acc"]) == pytest.approx(summary["test"]["acc"])
+        assert int(row["epochs"]) == len(history) == 2
+
+    groups = read_csv(sweep_dir / "summary_by_config.csv")
+    assert sorted(g["optimizer"] for g in groups) == ["adam", "sgd"]
+    for group in groups:
+        values = [float(r["best_val_acc"]) for r in rows if r["optimizer"] == group["optimizer"]]
+        assert group["n"] == "3" and group["failed"] == "0"
+        assert float(group["best_val_acc_mean"]) == pytest.approx(statistics.fmean(values), 1e-5)
+        assert float(group["best_val_acc_std"]) == pytest.approx(statistics.stdev(values), 1e-4)
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        assert f"{mean:.4f} ± {std:.4f}" in result.stdout
+
+    assert "sweep: 6 jobs ranked by best val_acc" in result.stdout
+    assert "mean ± std over seeds" in result.stdout
+    image = matplotlib.image.imread(sweep_dir / "comparison.png")
+    assert image.shape[0] > 300 and image.shape[1] > 800
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_serves_the_hparams_and_scalars_of_every_job(
+    seed_sweep: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """Acceptance 3, through TensorBoard's own HTTP data API on loopback."""
+    _, sweep_dir = seed_sweep
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            TENSORBOARD,
+            "--logdir",
+            str(sweep_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+            "--reload_interval=1",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> object:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return json.load(response)
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            base + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    try:
+        deadline = time.monotonic() + 90
+        experiment: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                if sorted(get("/data/runs")) == jobs:  # type: ignore[arg-type]
+                    experiment = post("/data/plugin/hparams/experiment", {"experimentName": ""})
+                    if experiment.get("metricInfos"):
+                        break
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.5)
+        metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+        assert metrics == hparams.metric_tags("val_acc")  # declared up front, in order
+        infos = {h["name"]: h for h in experiment["hparamInfos"]}
+        assert infos["optimizer"]["differs"] and infos["trainer.seed"]["differs"]
+        assert not infos["model"]["differs"] and infos["model.hidden"]["type"] == "DATA_TYPE_STRING"
+
+        request = {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE"],
+            "colParams": [{"metric": {"tag": tag}} for tag in metrics],
+            "startIndex": 0,
+            "sliceSize": 100,
+        }
+        groups = post("/data/plugin/hparams/session_groups", request)["sessionGroups"]
+        assert sorted(g["name"] for g in groups) == jobs
+        for group in groups:
+            job_dir = sweep_dir / group["name"]
+            history = job_history(job_dir)
+            summary = json.loads((job_dir / "summary.json").read_text())
+            assert set(group["hparams"]) == set(infos)  # the same key set in every job
+            assert group["hparams"]["optimizer"] in group["name"]
+            assert f"seed={int(group['hparams']['trainer.seed'])}" in group["name"]
+            assert group["hparams"]["model.hidden"] == "[64]"  # a list, as text
+            assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
+            values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+            assert values["acc/val"] == pytest.approx(history[-1]["val_acc"], abs=1e-6)
+            assert values["best/val_acc"] == pytest.approx(max(h["val_acc"] for h in history))
+            assert values["acc/test"] == pytest.approx(summary["test"]["acc"], abs=1e-6)
+
+        run = urllib.parse.quote(jobs[0])
+        points = get(f"/data/plugin/scalars/scalars?run={run}&tag=loss/val")
+        assert [step for _, step, _ in points] == [1, 2]  # type: ignore[union-attr]
+        val_loss = job_history(sweep_dir / jobs[0])[-1]["val_loss"]  # metrics.csv: 6 digits
+        assert points[-1][2] == pytest.approx(val_loss, rel=1e-5)  # type: ignore[index]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_failed_jobs_are_recorded_as_they_happen_and_the_others_finish(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """Acceptance 2: a diverging lr and a too-large validation split, beside a good job."""
+    small = [o for o in small_overrides(fmnist_slice) if not o.startswith("data.val_size=")]
+    args = ["-m", "optimizer=sgd", "lr=0.1,1e4", "data.val_size=200,5000", *small]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [shutil.which("trainkit", path=str(Path(sys.executable).parent)) or "trainkit", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=300,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 1, out  # the sweep finished; its exit code says some failed
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = {(r["lr"], r["data.val_size"]): r for r in read_csv(sweep_dir / "summary.csv")}
+    assert rows["0.1", "200"]["status"] == "completed" and rows["0.1", "200"]["rank"] == "1"
+    assert float(rows["0.1", "200"]["best_val_acc"]) > 0.5
+    assert rows["10000.0", "200"]["status"] == "failed"
+    assert "the loss became NaN/Inf at step" in rows["10000.0", "200"]["reason"]
+    for lr in ("0.1", "10000.0"):
+        assert rows[lr, "5000"]["status"] == "failed"
+        assert "data.val_size=5000" in rows[lr, "5000"]["reason"]
+    diverged = sweep_dir / rows["10000.0", "200"]["job"]
+    assert json.loads((diverged / "summary.json").read_text())["status"] == "failed"
+    assert (diverged / "checkpoints" / "last.pt").is_file()
+
+    # Each failure is printed when it happens, before Hydra launches the next job.
+    for num in range(3):
+        failure = out.find(f"trainkit: job #{num} (")
+        if failure >= 0:
+            assert failure < out.index(f"#{num + 1} : "), out
+    assert out.count("failed: ") >= 3 and out.index("failed: lr=10000.0") > out.index("sweep:")
+
+
+def test_optuna_searches_the_lr_on_a_log_scale(fmnist_slice: Path, tmp_path: Path) -> None:
+    """Acceptance 4: six Optuna trials; each job returns the metric the study maximizes."""
+    args = ["hydra/sweeper=lr_search", "hydra.sweeper.n_trials=6", *small_overrides(fmnist_slice)]
+    result, sweep_dir = run_sweep(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(sweep_dir / "summary.csv")
+    lrs = [float(row["lr"]) for row in rows]
+    assert len(set(lrs)) == 6 and all(1e-5 <= lr <= 1.0 for lr in lrs)
+    assert {row["status"] for row in rows} == {"completed"}
+    study = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert study.best_value == pytest.approx(float(rows[0]["best_val_acc"]), abs=1e-6)
+    assert study.best_params["optimizer.lr"] == pytest.approx(float(rows[0]["lr"]))
+
+
+def test_joblib_runs_jobs_side_by_side_with_the_cores_divided(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """Acceptance 4: four jobs on Hydra's joblib launcher, two at a time."""
+    args = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1,2,3",
+            *small_overrides(fmnist_slice)]  # fmt: skip
+    result, sweep_dir = run_sweep(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert sorted(row["seed"] for row in rows) == ["0", "1", "2", "3"]
+    for row in rows:
+        summary = json.loads((sweep_dir / row["job"] / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["threads"] == max(1, available_cores() // 2)
+
+
+def test_submitit_local_executor_runs_a_two_job_sweep(fmnist_slice: Path, tmp_path: Path) -> None:
+    args = ["hydra/launcher=submitit_local", "seed=0,1", *small_overrides(fmnist_slice)]
+    result, sweep_dir = run_sweep(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert sorted(row["seed"] for row in rows) == ["0", "1"]
+    assert {row["status"] for row in rows} == {"completed"}
+    assert (sweep_dir / ".submitit").is_dir()  # submitit's own job records
+
+
+def test_compare_reports_a_finished_sweep_by_another_metric(
+    seed_sweep: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
+) -> None:
+    _, sweep_dir = seed_sweep
+    copy = shutil.copytree(sweep_dir, tmp_path / "sweep")
+    for name in ("summary.csv", "summary_by_config.csv", "comparison.png"):
+        (copy / name).unlink()
+    result = trainkit("compare", str(copy), "rank_by=val_loss", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sweep: 6 jobs ranked by best val_loss" in result.stdout
+    rows = read_csv(copy / "summary.csv")
+    best = [float(row["best_val_loss"]) for row in rows]
+    assert best == sorted(best)
+    for row in rows:
+        assert best[int(row["rank"]) - 1] == pytest.approx(
+            min(h["val_loss"] for h in job_history(copy / row["job"])), rel=1e-5
+        )
+    assert (copy / "summary_by_config.csv").is_file() and (copy / "comparison.png").is_file()
+
+    for args, message in [
+        ([str(tmp_path)], "holds no sweep jobs"),
+        ([], "name one sweep dir"),
+        ([str(copy), "rank_by=val_acc2"], "rank_by=val_acc2: no such metric; choose one of"),
+    ]:
+        result = trainkit("compare", *args, cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.startswith("trainkit compare: error: ") and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["hydra/sweeper=optuna"], "hydra.sweeper.direction=minimize, but each trial returns its "
+         "best val_acc (higher is better for accuracy, lower for loss): use "
+         "hydra.sweeper.direction=maximize"),
+        (["hydra/sweeper=lr_search", "trainer.monitor=val_loss"], "use hydra.sweeper.direction="
+         "minimize"),
+        (["hydra/launcher=paralel"], "hydra/launcher=paralel: no such option; choose one of "),
+    ],
+)  # fmt: skip
+def test_a_sweep_set_up_wrong_is_refused_before_it_starts(
+    overrides: list[str], message: str
+) -> None:
+    errors = preflight(expand_aliases(overrides), multirun=True)
+    assert len(errors) == 1 and message in errors[0]
+
+
+def fake_job(
+    num: int, overrides: dict[str, str], val_acc: list[float], ok: bool = True
+) -> sweep.Job:
+    history = [{"epoch": i + 1, "val_acc": v, "val_loss": 1 - v} for i, v in enumerate(val_acc)]
+    summary = {"status": "completed" if ok else "failed", "reason": "" if ok else "boom"}
+    return sweep.Job(num, Path(f"job{num}"), overrides, summary, _history=history)
+
+
+def test_ranking_puts_failures_last_and_seeds_are_grouped() -> None:
+    jobs = [
+        fake_job(0, {"lr": "0.1", "seed": "0"}, [0.5, 0.7]),
+        fake_job(1, {"lr": "0.1", "seed": "1"}, [0.6, 0.65]),
+        fake_job(2, {"lr": "1", "seed": "0"}, [0.9], ok=False),
+        fake_job(3, {"lr": "1", "seed": "1"}, [0.8, 0.75]),
+    ]
+    assert [j.num for j in sweep.rank(jobs, "val_acc")] == [3, 0, 1, 2]
+    assert [j.num for j in sweep.rank(jobs, "val_loss")] == [3, 0, 1, 2]
+    keys = sweep.varied_keys(jobs)
+    assert keys == ["lr", "seed"]
+    groups = sweep.rank_groups(sweep.by_seed(jobs, keys), "val_acc")
+    assert [g.overrides for g in groups] == [{"lr": "1"}, {"lr": "0.1"}]  # 0.8 (n=1) > 0.675
+    mean, std = groups[1].stats([j.best("val_acc") for j in groups[1].done])
+    assert (mean, std) == (pytest.approx(0.675), pytest.approx(statistics.stdev([0.7, 0.65])))
+    assert math.isnan(groups[0].stats([0.8])[1])  # one seed: no spread to report
+    assert sweep.by_seed(jobs[:1], ["lr"]) == []  # no seed swept: nothing to aggregate
