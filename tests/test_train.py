@@ -124,7 +124,13 @@ def test_run_writes_curves_summary_and_checkpoints(fmnist_slice: Path, tmp_path:
         compose_config(["model=mlp", "model.hidden=[64]"]).model, (1, 28, 28), num_classes=10
     )
     model.load_state_dict(last["model"])
-    assert {"optimizer", "scheduler", "torch_rng", "metrics"} <= set(last)
+    assert {"optimizer", "scheduler", "rng", "fit", "callbacks", "metrics", "saved_at"} <= set(last)
+    assert set(last["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert (
+        last["fit"]["history"]
+        == [{k: pytest.approx(v) for k, v in row.items()} for row in last["fit"]["history"]]
+        and len(last["fit"]["history"]) == 3
+    )
 
 
 def test_step_schedule_halves_the_lr_each_epoch(fmnist_slice: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
-from trainkit import checkpoint, hparams
+from trainkit import checkpoint, hparams, runtime
 from trainkit.schedule import current_momentum
 
 if TYPE_CHECKING:
@@ -23,13 +24,18 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """No-op defaults; a callback overrides the events it cares about."""
+    """No-op defaults; a callback overrides the events it cares about. One that keeps state
+    across epochs returns it from `state_dict` so that checkpoints carry it into a resumed run."""
 
     def on_fit_start(self, state: FitState) -> None: ...
     def on_epoch_start(self, state: FitState) -> None: ...
     def on_step_end(self, state: FitState) -> None: ...
     def on_epoch_end(self, state: FitState, metrics: dict) -> None: ...
     def on_fit_end(self, state: FitState, summary: dict) -> None: ...
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, saved: dict, state: FitState) -> None: ...
 
 
 class TensorBoardLogger(Callback):
@@ -44,8 +50,10 @@ class TensorBoardLogger(Callback):
         every_n_steps: int,
         run_hparams: dict,
         monitor: str,
+        resumed: bool = False,
     ) -> None:
         self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.resumed = resumed  # the layout, config and hparams are in the run's first file
         self.config_yaml = config_yaml
         self.optimizer = optimizer
         self.every_n_steps = every_n_steps
@@ -53,6 +61,8 @@ class TensorBoardLogger(Callback):
         self.monitor = monitor
 
     def on_fit_start(self, state: FitState) -> None:
+        if self.resumed:
+            return
         swept = hparams.swept_keys(Path(self.writer.log_dir))
         hparams.write_start(self.writer, self.hparams, self.monitor, swept)
         # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
@@ -129,29 +139,55 @@ class CSVLogger(Callback):
 
 class Checkpointer(Callback):
     """checkpoints/last.pt at the start (epoch 0, so a run that diverges in its first epoch
-    still leaves one) and after every epoch; best.pt when the monitored metric improves."""
+    still leaves one) and after every epoch; best.pt when the monitored metric improves;
+    epoch_<n>.pt every trainer.checkpoint_every_n_epochs. Each holds all a run needs to go on
+    exactly (resume.py): model, optimizer, scheduler, every RNG, the loop's state with the batch
+    order, the other callbacks' state, and the resolved config. Keep it last among the
+    callbacks, so that it saves what the others did this epoch."""
 
-    def __init__(self, folder: Path, snapshot: Any, config: dict) -> None:
+    def __init__(
+        self, folder: Path, snapshot: Any, config: dict, every_n_epochs: int | None,
+        resumed: bool = False,
+    ) -> None:  # fmt: skip
         self.folder = folder
-        self.snapshot = snapshot  # () -> dict of model/optimizer/scheduler/RNG state
+        self.snapshot = snapshot  # () -> dict of model/optimizer/scheduler state
         self.config = config
+        self.every_n_epochs = every_n_epochs
+        self.resumed = resumed
+        self.others: list[Callback] = []
 
-    def save(self, state: FitState, metrics: dict | None, names: list[str]) -> None:
-        ckpt = {
+    def watch(self, callbacks: list[Callback]) -> None:
+        self.others = [cb for cb in callbacks if cb is not self]
+
+    def checkpoint(self, state: FitState, metrics: dict | None) -> dict:
+        states = {type(cb).__name__: cb.state_dict() for cb in self.others}
+        return {
             **self.snapshot(),
+            "rng": runtime.rng_state(),
+            "fit": state.state_dict(),
+            "callbacks": {name: value for name, value in states.items() if value is not None},
             "epoch": state.epoch,
             "step": state.step,
             "metrics": metrics,
             "config": self.config,
+            "saved_at": time.time(),  # TensorBoard events after this are dropped on resume
         }
+
+    def save(self, state: FitState, metrics: dict | None, names: list[str]) -> Path:
+        ckpt = self.checkpoint(state, metrics)
         for name in names:
             checkpoint.save_atomic(ckpt, self.folder / name)
+        return self.folder / names[0]
 
     def on_fit_start(self, state: FitState) -> None:
-        self.save(state, None, ["last.pt"])
+        if not self.resumed:
+            self.save(state, None, ["last.pt"])
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
-        self.save(state, metrics, ["last.pt", "best.pt"] if state.improved else ["last.pt"])
+        names = ["last.pt", "best.pt"] if state.improved else ["last.pt"]
+        if self.every_n_epochs and state.epoch % self.every_n_epochs == 0:
+            names.append(f"epoch_{state.epoch}.pt")
+        self.save(state, metrics, names)
 
 
 class EarlyStopping(Callback):
@@ -198,6 +234,20 @@ class EarlyStopping(Callback):
             self.model.load_state_dict(self.best_weights)
             reason = state.stop_reason or f"completed {state.epochs} epochs"
             state.stop_reason = f"{reason}; restored the weights of epoch {self.best_epoch}"
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_weights": self.best_weights}  # fmt: skip
+
+    def load_state_dict(self, saved: dict, state: FitState) -> None:
+        self.best, self.best_epoch, self.bad_epochs = (
+            saved["best"],
+            saved["best_epoch"],
+            saved["bad_epochs"],
+        )
+        device = next(self.model.parameters()).device
+        weights = saved["best_weights"]
+        self.best_weights = {k: v.to(device) for k, v in weights.items()} if weights else None
 
 
 def _fmt(value: Any) -> Any:

@@ -34,7 +34,7 @@ from trainkit.config import (
     shorten_aliases,
     validate,
 )
-from trainkit.errors import UserError, first_line
+from trainkit.errors import Interrupted, UserError, first_line
 from trainkit.sweep import FAILED_JOBS, record_failure
 
 log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
@@ -56,6 +56,17 @@ SUBCOMMANDS = {
 
 
 def main() -> None:
+    try:
+        dispatch()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("trainkit: stopped at once; the last checkpoint written stays as it was",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)
+
+
+def dispatch() -> None:
+    if any(arg.startswith("resume=") for arg in sys.argv[1:]):
+        sys.exit(resume(expand_aliases(sys.argv[1:])))
     if len(sys.argv) > 1 and sys.argv[1] == "compare":
         sys.exit(compare(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
@@ -93,6 +104,11 @@ def hydra_app(cfg: DictConfig) -> float:
         if in_sweep and cfg.trainer.threads is None:
             cfg.trainer.threads = runtime.threads_per_job(hydra_cfg.launcher)
         summary = run(cfg, run_dir)
+    except Interrupted as e:  # last.pt and summary.json say where it stopped
+        if in_sweep:
+            raise KeyboardInterrupt from None  # the rest of the sweep stops too
+        print(f"trainkit: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except UserError as e:
         if not in_sweep:
             print(f"trainkit: error: {e}", file=sys.stderr)
@@ -142,6 +158,28 @@ def run_subcommand(name: str, args: list[str]) -> int:
     except UserError as e:
         print(f"trainkit {name}: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def resume(args: list[str]) -> int:
+    """`trainkit resume=<run dir or checkpoint> [data.root=...] [device=...]` (resume.py)."""
+    from trainkit import resume as resuming
+    from trainkit.experiment import run
+
+    targets = [a.partition("=")[2] for a in args if a.startswith("resume=")]
+    others = [a for a in args if not a.startswith("resume=")]
+    try:
+        if len(targets) != 1 or any(a.startswith("-") for a in others):
+            raise UserError("resume one run at a time: trainkit resume=outputs/<date>/<time>")
+        cfg, run_dir, saved = resuming.load(targets[0], others)
+        resuming.log_to_run_dir(run_dir)
+        run(cfg, run_dir, resume=saved)
+    except UserError as e:
+        print(f"trainkit: error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"trainkit: {e}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

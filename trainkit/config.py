@@ -325,6 +325,7 @@ class TrainerConfig:
     max_steps_per_epoch: int | None = None  # cut epochs short, for debugging
     log_every_n_steps: int = 50  # how often the progress bar syncs the running loss
     monitor: str = "val_acc"  # metric that picks best.pt: val_acc (max) or val_loss (min)
+    checkpoint_every_n_epochs: int | None = None  # also keep epoch_<n>.pt every n epochs
 
 
 @dataclass
@@ -441,6 +442,8 @@ def validate(cfg: DictConfig) -> list[str]:
     need(0 <= t.seed < 2**32, f"seed={t.seed}: use a seed in 0..2**32-1")
     need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")
     need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
+    every = t.checkpoint_every_n_epochs
+    need(every is None or every >= 1, "trainer.checkpoint_every_n_epochs must be >= 1 (or null)")
     need(
         t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
         "trainer.max_steps_per_epoch must be >= 1 (or null)",

@@ -73,10 +73,7 @@ class Diagnostics(Callback):
 
     def sample(self, step: int) -> None:
         w = self.writer
-        norms = torch.stack(self.total_norms).tolist() if self.total_norms else []
-        for i, value in enumerate(norms):
-            w.add_scalar("grad_norm/total", value, step - len(norms) + 1 + i)
-        self.total_norms = []
+        self.write_total_norms(step)
         grad_norms = {}
         for name, layer in self.layers.items():
             weight = layer.weight.detach()
@@ -93,7 +90,16 @@ class Diagnostics(Callback):
             for key, value in stats.items():
                 w.add_scalar(f"{key}/{name}", value.item(), step)
         self.unwatch_activations()
-        self.check_alerts(step, grad_norms, norms)
+        self.check_vanishing(step, grad_norms)
+
+    def write_total_norms(self, step: int) -> None:
+        """The per-step total gradient norms kept on the device since the last write, read in
+        one sync; `step` is the last of them."""
+        norms = torch.stack(self.total_norms).tolist() if self.total_norms else []
+        for i, value in enumerate(norms):
+            self.writer.add_scalar("grad_norm/total", value, step - len(norms) + 1 + i)
+        self.total_norms = []
+        self.check_exploding(step, norms)
 
     # -- activations, through forward hooks that live for one step only
     def watch_activations(self) -> None:
@@ -118,7 +124,7 @@ class Diagnostics(Callback):
         self.hooks, self.activations = [], {}
 
     # -- alerts
-    def check_alerts(self, step: int, grad_norms: dict[str, float], totals: list[float]) -> None:
+    def check_vanishing(self, step: int, grad_norms: dict[str, float]) -> None:
         names = list(grad_norms)
         if len(names) >= 2 and grad_norms[names[-1]] > 0:
             ratio = grad_norms[names[0]] / grad_norms[names[-1]]
@@ -131,6 +137,8 @@ class Diagnostics(Callback):
                     "learn. Try relu with init=he_normal, model.batch_norm=true, or fewer layers",
                     step,
                 )
+
+    def check_exploding(self, step: int, totals: list[float]) -> None:
         for value in totals:
             median = statistics.median(self.norm_history) if self.norm_history else math.nan
             if not math.isfinite(value) or value > self.cfg.exploding_factor * median:
@@ -155,8 +163,9 @@ class Diagnostics(Callback):
         warn(message)
         self.writer.add_text(f"alerts/{kind}", message, step)
 
-    # -- histograms
+    # -- histograms, and every total norm of the epoch written by its end
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+        self.write_total_norms(state.step)
         every = self.cfg.histograms_every_n_epochs
         if every and state.epoch % every == 0:
             for name, layer in self.layers.items():
@@ -166,3 +175,18 @@ class Diagnostics(Callback):
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
         self.unwatch_activations()
+
+    # -- resume: the norms not yet written, the median's history, the alerts already given
+    def state_dict(self) -> dict:
+        pending = torch.stack(self.total_norms).tolist() if self.total_norms else []
+        return {"pending_norms": pending, "norm_history": list(self.norm_history),
+                "alerted": sorted(self.alerted)}  # fmt: skip
+
+    def load_state_dict(self, saved: dict, state: FitState) -> None:
+        device = self.trainable[0].device if self.trainable else None
+        self.total_norms = [torch.tensor(v, device=device) for v in saved["pending_norms"]]
+        self.norm_history.extend(saved["norm_history"])
+        self.alerted = set(saved["alerted"])
+        if (state.step + 1) % self.cfg.every_n_steps == 0:  # it stopped just before a sample
+            self.previous = {n: m.weight.detach().clone() for n, m in self.layers.items()}
+            self.watch_activations()

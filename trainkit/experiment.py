@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from hydra.errors import InstantiationException
@@ -17,11 +19,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainkit import console, data, hparams, runtime, transfer
+from trainkit import resume as resume_run
 from trainkit.augment import Augment
 from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
 from trainkit.diagnostics import Diagnostics
-from trainkit.errors import UserError, first_line
+from trainkit.errors import Interrupted, UserError, first_line
 from trainkit.init import initialize
 from trainkit.loop import (
     Diverged,
@@ -151,8 +154,9 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     return dataset, training
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary."""
+def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
+    """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary.
+    With `resume` (a checkpoint of this run, see resume.py), go on from where it was saved."""
     start = time.perf_counter()
     console.print_config(cfg)
     dataset, training = build(cfg)
@@ -163,46 +167,47 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "torch_rng": torch.get_rng_state(),
         }
 
+    resumed = resume is not None
+    if resumed:
+        resume_run.take_back_later_outputs(run_dir, resume)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tensorboard = TensorBoardLogger(
         run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps,
-        hparams.collect(cfg), cfg.trainer.monitor,
+        hparams.collect(cfg), cfg.trainer.monitor, resumed,
     )  # fmt: skip
-    callbacks = [
-        console.ProgressPrinter(),
-        tensorboard,
-        CSVLogger(run_dir / "metrics.csv"),
-        Checkpointer(run_dir / "checkpoints", snapshot, resolved),
-    ]
+    callbacks = [console.ProgressPrinter(), tensorboard, CSVLogger(run_dir / "metrics.csv")]
     diagnostics = None
     if cfg.diagnostics.enabled:
         diagnostics = Diagnostics(cfg.diagnostics, model, tensorboard.writer)
         callbacks.append(diagnostics)
-    if cfg.regularization.early_stopping.enabled:  # after Checkpointer: last.pt is the last epoch
+    if cfg.regularization.early_stopping.enabled:
         callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
+    checkpointer = Checkpointer(
+        run_dir / "checkpoints", snapshot, resolved, cfg.trainer.checkpoint_every_n_epochs, resumed
+    )
+    callbacks.append(checkpointer)  # last: it saves what the others did in the epoch
+    checkpointer.watch(callbacks)
+    state = None
     pictures = cfg.diagnostics.pictures
-    if pictures and training.augment is not None:  # what the model sees, next to the originals
-        import torchvision  # 1.5 s to import: only when needed
-
-        originals = dataset.train.images[:32]
-        devices = [originals.device] if originals.is_cuda else []
-        with torch.random.fork_rng(devices=devices):  # the preview must not change training
-            augmented = training.augment(originals)
-        for tag, images in (("originals", originals.float()), ("samples", augmented)):
-            grid = torchvision.utils.make_grid(images / 255, nrow=8, pad_value=1.0)
-            tensorboard.writer.add_image(f"augment/{tag}", grid, 0)
+    if resumed:
+        state = resume_run.restore(resume, training, callbacks, dataset.train.labels.device)
+        console.console.print(f"resuming {run_dir} at epoch {state.epoch}, step {state.step}",
+                              highlight=False, soft_wrap=True)  # fmt: skip
+    elif pictures and training.augment is not None:
+        preview_augmentation(dataset, training, tensorboard)
     try:
-        state = fit(training, dataset, callbacks)
+        state = fit(training, dataset, callbacks, state)
         diverged = None
     except Diverged as e:  # keep what was learned about the run, then report it
         state, diverged = e.state, str(e)
         state.stop_reason = diverged
-    except BaseException as e:  # Ctrl-C or a crash: leave the event file complete and readable
+    except BaseException as e:  # a second Ctrl-C or a crash: leave the event file readable
         tensorboard.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
         raise
+    if state.interrupted:
+        stop_interrupted(state, checkpointer, tensorboard, run_dir, dataset, model, start)
     test = (
         evaluate(
             model, dataset.test, training.normalize, training.loss_fn, cfg.trainer.eval_batch_size
@@ -231,3 +236,39 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if diverged is not None:
         raise UserError(f"{diverged}; the last good checkpoint is {run_dir}/checkpoints/last.pt")
     return summary
+
+
+def preview_augmentation(dataset: data.Data, training: Training, tb: TensorBoardLogger) -> None:
+    """What the model sees, next to the originals, in TensorBoard's IMAGES tab."""
+    import torchvision  # 1.5 s to import: only when needed
+
+    originals = dataset.train.images[:32]
+    devices = [originals.device] if originals.is_cuda else []
+    with torch.random.fork_rng(devices=devices):  # the preview must not change training
+        augmented = training.augment(originals)
+    for tag, images in (("originals", originals.float()), ("samples", augmented)):
+        grid = torchvision.utils.make_grid(images / 255, nrow=8, pad_value=1.0)
+        tb.writer.add_image(f"augment/{tag}", grid, 0)
+
+
+def stop_interrupted(
+    state: FitState, checkpointer: Checkpointer, tb: TensorBoardLogger, run_dir: Path,
+    dataset: data.Data, model: nn.Module, start: float,
+) -> NoReturn:  # fmt: skip
+    """After SIGINT/SIGTERM: save where the run is, flush the logs, say how to go on."""
+    path = checkpointer.save(state, None, ["last.pt"])
+    name = signal.Signals(state.interrupted).name
+    where = f"epoch {state.epoch}, step {state.step}"
+    state.stop_reason = f"interrupted by {name} at {where}"
+    summary = summarize(state, {"loss": math.nan, "acc": math.nan}, run_dir, dataset, model,
+                        time.perf_counter() - start)  # fmt: skip
+    summary["status"] = "interrupted"
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tb.close("interrupted")
+    console.console.print(
+        f"{state.stop_reason}: saved {path}\ngo on with: trainkit resume={run_dir}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    raise Interrupted(
+        state.interrupted, f"{state.stop_reason}; go on with: trainkit resume={run_dir}"
+    )

@@ -9,8 +9,12 @@ Metrics are summed on the device and read back once per log interval and once pe
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -28,13 +32,57 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
+class EpochProgress:
+    """How far the current epoch has got: what an interrupted epoch needs to go on exactly
+    where it stopped (the same batches, in the same order, with the same running sums)."""
+
+    order_rng: torch.Tensor  # the batch-order generator's state when the epoch began
+    lr: float  # the lr and momentum the epoch began with (its metrics row reports them)
+    momentum: float
+    sums: dict[str, torch.Tensor]  # data loss (per sample), l1, l2, grad_norm; on the device
+    correct: torch.Tensor
+    nonfinite_at: torch.Tensor  # the first step with a NaN/Inf loss, or -1
+    batches_done: int = 0
+    seen: int = 0
+    train_time_s: float = 0.0  # spent on this epoch before an interruption
+
+    @classmethod
+    def begin(cls, t: Training, generator: torch.Generator, device: torch.device) -> EpochProgress:
+        zero = torch.zeros((), device=device)
+        return cls(
+            order_rng=generator.get_state(),
+            lr=t.optimizer.param_groups[0]["lr"],
+            momentum=current_momentum(t.optimizer),
+            sums={key: zero.clone() for key in ("loss", "l1", "l2", "grad_norm")},
+            correct=torch.zeros((), device=device, dtype=torch.long),
+            nonfinite_at=torch.full((), -1, device=device),
+        )
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_state_dict(cls, saved: dict, device: torch.device) -> EpochProgress:
+        """From a checkpoint (loaded to the CPU): the running sums go back to the device."""
+        return cls(**{
+            **saved,
+            "sums": {key: value.to(device) for key, value in saved["sums"].items()},
+            "correct": saved["correct"].to(device),
+            "nonfinite_at": saved["nonfinite_at"].to(device),
+        })  # fmt: skip
+
+
+@dataclass
 class FitState:
     """What callbacks may read. The loop writes it; callbacks only set `stop` and say why."""
 
     epochs: int
     steps_per_epoch: int
-    epoch: int = 0
+    epoch: int = 0  # the epoch running, or the last one finished between epochs
     step: int = 0  # optimizer steps so far
+    generator: torch.Generator = field(default_factory=torch.Generator)  # the batch order
+    progress: EpochProgress | None = None  # the epoch running; None between epochs
+    interrupted: int = 0  # the signal (SIGINT, SIGTERM) that asked to stop; 0 if none
     last_loss: torch.Tensor | None = None  # the last step's data loss, on the device (no sync)
     running_loss: float = float("nan")  # mean train loss so far this epoch, refreshed at the
     # epoch's first step and then every trainer.log_every_n_steps
@@ -43,6 +91,28 @@ class FitState:
     improved: bool = False  # this epoch set a new best
     stop: bool = False
     stop_reason: str | None = None
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps to go on from here (last_loss, running_loss: display only)."""
+        return {
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch,
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "progress": self.progress.state_dict() if self.progress is not None else None,
+            "history": self.history,
+            "best": self.best,
+        }
+
+    @classmethod
+    def from_state_dict(cls, saved: dict, device: torch.device) -> FitState:
+        state = cls(saved["epochs"], saved["steps_per_epoch"], saved["epoch"], saved["step"])
+        state.generator.set_state(saved["generator"])
+        if saved["progress"] is not None:
+            state.progress = EpochProgress.from_state_dict(saved["progress"], device)
+        state.history, state.best = saved["history"], saved["best"]
+        return state
 
 
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
@@ -77,32 +147,39 @@ def train_epoch(
     generator: torch.Generator,
     state: FitState,
     callbacks: Sequence[Callback],
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """One pass over `train` in a fresh random order. Returns the epoch's mean data loss,
     accuracy and sample count, plus the mean L1/L2 penalties and pre-clip gradient norm when
-    those are on."""
+    those are on; None when a signal stopped it part-way (state.progress says where).
+
+    An epoch that was interrupted earlier (state.progress set) goes on from its next batch."""
     model, reg = t.model, t.reg
     model.train()
     keep_frozen_norms_in_eval(model)
     device = train.labels.device
-    zero = torch.zeros((), device=device)
-    sums = {"loss": zero.clone(), "l1": zero.clone(), "l2": zero.clone(), "grad_norm": zero.clone()}
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    nonfinite_at = torch.full((), -1, device=device)  # first step with a NaN/Inf loss, on device
-    seen = steps = 0
+    if state.progress is None:
+        state.progress = EpochProgress.begin(t, generator, device)
+    else:  # the same order as before the interruption
+        generator.set_state(state.progress.order_rng)
+    p = state.progress
+    sums = p.sums
     for i, (images, labels) in enumerate(batches(train, t.trainer.batch_size, generator)):
+        if i < p.batches_done:  # trained before the interruption
+            continue
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
             break
+        if state.interrupted:  # the step in flight has finished: stop before the next one
+            return None
         x = t.augment(images) if t.augment is not None else images
         logits = model(t.normalize(x))
         data_loss = t.loss_fn(logits, labels)
         loss = data_loss
         if reg.l1 > 0:
-            l1 = reg.l1 * sum(p.abs().sum() for p in t.penalized)
+            l1 = reg.l1 * sum(w.abs().sum() for w in t.penalized)
             loss = loss + l1
             sums["l1"] += l1.detach()
         if reg.l2 > 0:
-            l2 = reg.l2 / 2 * sum(p.pow(2).sum() for p in t.penalized)
+            l2 = reg.l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
             loss = loss + l2
             sums["l2"] += l2.detach()
         t.optimizer.zero_grad(set_to_none=True)
@@ -116,22 +193,24 @@ def train_epoch(
             t.scheduler.step()
 
         state.step += 1
-        steps += 1
-        bad = ~torch.isfinite(loss.detach()) & (nonfinite_at < 0)
-        nonfinite_at = torch.where(bad, state.step, nonfinite_at)
+        p.batches_done = i + 1
+        bad = ~torch.isfinite(loss.detach()) & (p.nonfinite_at < 0)
+        p.nonfinite_at = torch.where(bad, state.step, p.nonfinite_at)
         state.last_loss = data_loss.detach()
         sums["loss"] += data_loss.detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
+        p.correct += (logits.argmax(dim=1) == labels).sum()
+        p.seen += len(labels)
         if i % t.trainer.log_every_n_steps == 0:
-            state.running_loss = sums["loss"].item() / seen  # a sync point: once per interval
-            stop_if_diverged(nonfinite_at, t.optimizer, state)
+            state.running_loss = sums["loss"].item() / p.seen  # a sync point: once per interval
+            stop_if_diverged(p.nonfinite_at, t.optimizer, state)
         for cb in callbacks:
             cb.on_step_end(state)
         if state.stop:  # a callback (lr-find) asked to end mid-epoch
             break
-    stop_if_diverged(nonfinite_at, t.optimizer, state)
-    out = {"loss": sums["loss"].item() / seen, "acc": correct.item() / seen, "samples": seen}
+    stop_if_diverged(p.nonfinite_at, t.optimizer, state)
+    steps = max(1, p.batches_done)
+    out = {"loss": sums["loss"].item() / p.seen, "acc": p.correct.item() / p.seen,
+           "samples": p.seen}  # fmt: skip
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
     out |= {key: sums[key].item() / steps for key, enabled in on.items() if enabled}
     return out
@@ -212,51 +291,87 @@ def is_better(metrics: dict, best: dict | None, monitor: str) -> bool:
     return metrics[monitor] > best[monitor]
 
 
-def fit(t: Training, data: Data, callbacks: Sequence[Callback]) -> FitState:
-    """Train for trainer.epochs (or until a callback stops it), validating after each epoch."""
+def fit(
+    t: Training, data: Data, callbacks: Sequence[Callback], state: FitState | None = None
+) -> FitState:
+    """Train for trainer.epochs (or until a callback or a signal stops it), validating after each
+    epoch. Given the `state` of an interrupted fit (a checkpoint's), go on from where it was."""
     trainer = t.trainer
-    state = FitState(trainer.epochs, steps_per_epoch(len(data.train), trainer))
-    # Its own generator, so the batch order depends on the seed alone, not on what else ran.
-    generator = torch.Generator().manual_seed(trainer.seed)
+    if state is None:
+        state = FitState(trainer.epochs, steps_per_epoch(len(data.train), trainer))
+        # Its own generator, so the batch order depends on the seed alone, not on what else ran.
+        state.generator.manual_seed(trainer.seed)
     for cb in callbacks:
         cb.on_fit_start(state)
 
-    for epoch in range(1, trainer.epochs + 1):
-        state.epoch = epoch
-        lr = t.optimizer.param_groups[0]["lr"]  # the lr and momentum this epoch starts with
-        momentum = current_momentum(t.optimizer)
-        for cb in callbacks:
-            cb.on_epoch_start(state)
-        start = time.perf_counter()
-        train = train_epoch(t, data.train, generator, state, callbacks)
-        train_time = time.perf_counter() - start
-        val = evaluate(t.model, data.val, t.normalize, t.loss_fn, trainer.eval_batch_size)
-        if t.scheduler is not None and t.scheduler_interval == "epoch":
-            if isinstance(t.scheduler, ReduceLROnPlateau):
-                t.scheduler.step(val["loss"])
-            else:
-                t.scheduler.step()
+    first = state.epoch if state.progress is not None else state.epoch + 1
+    with stop_on_signals(state):
+        for epoch in range(first, trainer.epochs + 1):
+            if state.interrupted:  # between epochs: the last checkpoint already says it all
+                break
+            state.epoch = epoch
+            for cb in callbacks:
+                cb.on_epoch_start(state)
+            start = time.perf_counter()
+            train = train_epoch(t, data.train, state.generator, state, callbacks)
+            progress = state.progress
+            assert progress is not None
+            if train is None:  # a signal stopped it part-way
+                progress.train_time_s += time.perf_counter() - start
+                break
+            train_time = progress.train_time_s + time.perf_counter() - start
+            state.progress = None
+            val = evaluate(t.model, data.val, t.normalize, t.loss_fn, trainer.eval_batch_size)
+            if t.scheduler is not None and t.scheduler_interval == "epoch":
+                if isinstance(t.scheduler, ReduceLROnPlateau):
+                    t.scheduler.step(val["loss"])
+                else:
+                    t.scheduler.step()
 
-        metrics = {
-            "epoch": epoch,
-            "step": state.step,
-            "lr": lr,
-            "momentum": momentum,
-            "train_loss": train["loss"],
-            "train_acc": train["acc"],
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            **{key: train[key] for key in ("l1", "l2", "grad_norm") if key in train},
-            "train_time_s": train_time,
-            "samples_per_s": train["samples"] / train_time,
-            "epoch_time_s": time.perf_counter() - start,
-        }
-        state.history.append(metrics)
-        state.improved = is_better(metrics, state.best, trainer.monitor)
-        if state.improved:
-            state.best = metrics
-        for cb in callbacks:
-            cb.on_epoch_end(state, metrics)
-        if state.stop:
-            break
+            metrics = {
+                "epoch": epoch,
+                "step": state.step,
+                "lr": progress.lr,  # the lr and momentum this epoch started with
+                "momentum": progress.momentum,
+                "train_loss": train["loss"],
+                "train_acc": train["acc"],
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                **{key: train[key] for key in ("l1", "l2", "grad_norm") if key in train},
+                "train_time_s": train_time,
+                "samples_per_s": train["samples"] / train_time,
+                "epoch_time_s": time.perf_counter() - start + progress.train_time_s,
+            }
+            state.history.append(metrics)
+            state.improved = is_better(metrics, state.best, trainer.monitor)
+            if state.improved:
+                state.best = metrics
+            for cb in callbacks:
+                cb.on_epoch_end(state, metrics)
+            if state.stop:
+                break
     return state
+
+
+@contextmanager
+def stop_on_signals(state: FitState) -> Iterator[None]:
+    """The first SIGINT (Ctrl-C) or SIGTERM lets the step in flight finish and then stops the fit
+    (state.interrupted); a second one stops at once (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers live there only
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if state.interrupted:
+            raise KeyboardInterrupt
+        state.interrupted = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to save last.pt "
+              "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)  # fmt: skip
+
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, handler) for signum in watched}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

@@ -87,6 +87,7 @@ def lr_find(cfg: DictConfig, out_dir: Path) -> dict:
     while not state.stop:
         try:
             train_epoch(training, dataset.train, generator, state, [recorder])
+            state.progress = None  # the next pass is a new epoch
         except Diverged:
             break  # the loss blew up: the end of the range test, not an error
     if not any(math.isfinite(s) for s in recorder.smoothed):

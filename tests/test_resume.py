@@ -1,0 +1,198 @@
+"""A run survives being killed or interrupted: it resumes in its own folder and ends with the
+numbers of a run that was never stopped; checkpoints never run code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainkit import checkpoint
+
+from .conftest import small_overrides
+from .test_cli import trainkit
+
+SIGNAL_AT_STEP = Path(__file__).with_name("signal_at_step.py")
+STEPS_PER_EPOCH, EPOCHS = 10, 3  # 1000 training samples of the slice, batch 100
+
+
+def run_args(fmnist_slice: Path) -> list[str]:
+    """Deterministic, with every random stream in play: dropout, augmentation, shuffling."""
+    return [
+        *small_overrides(fmnist_slice),
+        f"epochs={EPOCHS}",
+        "model.dropout=0.2",
+        "augment=flip",
+        "trainer.deterministic=true",
+        "diagnostics.every_n_steps=4",
+    ]
+
+
+def run_with_signal(
+    sig: str, step: int, args: list[str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, str(SIGNAL_AT_STEP), sig, str(step), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def only_run_dir(cwd: Path) -> Path:
+    (run_dir,) = (cwd / "outputs").glob("*/*")
+    return run_dir
+
+
+def learning(run_dir: Path) -> list[list[str]]:
+    """metrics.csv without its timing columns: what training computed, as written."""
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, name in enumerate(header) if not name.endswith(("_s", "samples_per_s"))]
+    return [[row.split(",")[i] for i in keep] for row in lines]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(s.step, s.value) for s in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    result = trainkit(*run_args(fmnist_slice), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return only_run_dir(cwd)
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    assert learning(resumed) == learning(reference)
+    assert len(learning(resumed)) == 1 + EPOCHS
+    ours, theirs = weights(resumed), weights(reference)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    test = [json.loads((d / "summary.json").read_text())["test"] for d in (resumed, reference)]
+    assert test[0] == test[1]
+    # TensorBoard: each curve once per step, no gaps, the same values.
+    assert scalars(resumed, "acc/val") == scalars(reference, "acc/val")
+    steps = [step for step, _ in scalars(resumed, "grad_norm/total")]
+    assert steps == list(range(1, STEPS_PER_EPOCH * EPOCHS + 1))
+
+
+@pytest.mark.parametrize("step", [5, 15])  # mid-epoch 1 (only last.pt of epoch 0), mid-epoch 2
+def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(
+    step: int, fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    killed = run_with_signal("KILL", step, run_args(fmnist_slice), tmp_path)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = only_run_dir(tmp_path)
+    csv_file = run_dir / "metrics.csv"  # a row per finished epoch, none yet in epoch 1
+    rows = len(csv_file.read_text().splitlines()) - 1 if csv_file.exists() else 0
+    assert rows == (step - 1) // STEPS_PER_EPOCH
+
+    result = trainkit(f"resume={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run_dir} at epoch {(step - 1) // STEPS_PER_EPOCH}" in result.stdout
+    assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]  # the same folder, no new one
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize("sig, code", [("INT", 130), ("TERM", 143)])
+def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
+    sig: str, code: int, fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    result = run_with_signal(sig, 15, run_args(fmnist_slice), tmp_path)
+    assert result.returncode == code, result.stderr
+    run_dir = only_run_dir(tmp_path)
+    saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (2, 15)
+    assert saved["fit"]["progress"]["batches_done"] == 5  # mid-epoch: where to go on from
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["stop_reason"] == f"interrupted by SIG{sig} at epoch 2, step 15"
+    assert f"go on with: trainkit resume={run_dir}" in result.stdout
+    assert result.stderr.strip().endswith(f"go on with: trainkit resume={run_dir}")
+    # The event file was flushed and closed: epoch 1 and the first 15 steps are readable.
+    assert [step for step, _ in scalars(run_dir, "loss/val")] == [1]
+    assert [step for step, _ in scalars(run_dir, "grad_norm/total")][-1] == 12  # sampled
+
+    resumed = trainkit(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_second_ctrl_c_quits_at_once(fmnist_slice: Path, tmp_path: Path) -> None:
+    result = run_with_signal("INT2", 15, run_args(fmnist_slice), tmp_path)
+    assert result.returncode == 130
+    assert result.stderr.strip().endswith("trainkit: stopped at once; the last checkpoint "
+                                          "written stays as it was")  # fmt: skip
+    assert "Traceback" not in result.stderr
+    saved = checkpoint.load(only_run_dir(tmp_path) / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["fit"]["progress"]) == (1, None)  # epoch 1's, untouched
+
+
+def test_resume_refuses_what_it_cannot_do(
+    fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    before = (uninterrupted / "checkpoints" / "last.pt").read_bytes()
+    stray = tmp_path / "stray.pt"
+    stray.write_bytes(before)
+    for args, message in [
+        ([f"resume={tmp_path / 'nope'}"], "no such run dir or checkpoint: check the path"),
+        ([f"resume={tmp_path}"], "no checkpoints/last.pt there"),
+        ([f"resume={stray}"], "a resumed run goes on in its own run dir"),
+        ([f"resume={uninterrupted}"], f"{uninterrupted} finished all 3 epochs: nothing to resume"),
+        ([f"resume={uninterrupted}", "lr=0.1"], "optimizer.lr=0.1: a resumed run keeps its config"),
+    ]:
+        result = trainkit(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("trainkit: error: ") and message in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    assert (uninterrupted / "checkpoints" / "last.pt").read_bytes() == before
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file named `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", ["torch.save", "pickle"])
+def test_a_checkpoint_that_runs_code_is_refused_without_running_it(
+    fmt: str, fmnist_slice: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "payload-ran"
+    run_dir = tmp_path / "run"
+    path = run_dir / "checkpoints" / "last.pt"
+    path.parent.mkdir(parents=True)
+    ckpt = {"model": {}, "fit": {}, "config": {}, "payload": Payload(marker)}
+    if fmt == "torch.save":
+        torch.save(ckpt, path)
+    else:
+        path.write_bytes(pickle.dumps(ckpt))
+    pickle.loads(pickle.dumps(Payload(tmp_path / "proof")))
+    assert (tmp_path / "proof").exists()  # a working exploit: plain unpickling runs it
+    for args in (
+        [f"resume={run_dir}"],
+        ["evaluate", f"ckpt={path}", f"data.root={fmnist_slice}"],
+        [*small_overrides(fmnist_slice), f"model.from_checkpoint={path}"],
+    ):
+        result = trainkit(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "cannot be loaded" in result.stderr and "Traceback" not in result.stderr
+        assert not marker.exists()  # refused before anything ran

@@ -1,0 +1,160 @@
+"""`trainkit resume=<run dir or checkpoint> [data.root=...] [device=...]`: go on with a run.
+
+The run continues in its own folder from the checkpoint (last.pt by default), as if it had
+never stopped: model, optimizer, scheduler, every RNG, the batch order and an interrupted
+epoch's position come back, so a deterministic run ends with the numbers of an uninterrupted
+one. What the stopped process wrote after that checkpoint is taken back first: metrics.csv rows
+of later epochs, and TensorBoard events newer than the checkpoint (the event files are
+rewritten without them), so curves continue without a duplicated or missing step.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from trainkit import checkpoint, runtime
+from trainkit.callbacks import Callback
+from trainkit.config import check_targets
+from trainkit.errors import UserError, first_line
+from trainkit.loop import FitState, Training
+
+# Where and how to run may change on resume; what is trained may not.
+CHANGEABLE = ("data.root", "data.download", "trainer.device", "trainer.threads")
+
+
+def find_checkpoint(target: str) -> tuple[Path, Path]:
+    """(checkpoint, run dir) for a run dir or a checkpoint inside its checkpoints/ folder."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise UserError(f"resume={target}: no checkpoints/last.pt there: name a run dir "
+                            "(outputs/<date>/<time>) or a checkpoint file")  # fmt: skip
+    elif not path.is_file():
+        raise UserError(f"resume={target}: no such run dir or checkpoint: check the path")
+    if path.parent.name != "checkpoints":
+        raise UserError(f"resume={target}: a resumed run goes on in its own run dir: name a "
+                        "checkpoint inside <run dir>/checkpoints/")  # fmt: skip
+    return path, path.parent.parent
+
+
+def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
+    """The run's own config (with only CHANGEABLE keys overridden), its dir and checkpoint."""
+    path, run_dir = find_checkpoint(target)
+    saved = checkpoint.load(path)
+    if "fit" not in saved:
+        raise UserError(
+            f"{path} has no resume state (an older trainkit wrote it): start a new run, or "
+            "load its weights with model.from_checkpoint="
+        )
+    cfg = OmegaConf.create(saved["config"])
+    errors = check_targets(cfg)  # before anything from the file is instantiated
+    if errors:
+        raise UserError(f"{path}: {errors[0]}")
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key not in CHANGEABLE:
+            raise UserError(f"{text}: a resumed run keeps its config; only "
+                            f"{', '.join(CHANGEABLE)} may change")  # fmt: skip
+        OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None)
+    fit = saved["fit"]
+    if fit["progress"] is None and fit["epoch"] >= fit["epochs"]:
+        raise UserError(
+            f"{run_dir} finished all {fit['epochs']} epochs: nothing to resume (to train on, "
+            f"start a new run with model.from_checkpoint={path})"
+        )
+    return cfg, run_dir, saved
+
+
+def log_to_run_dir(run_dir: Path) -> None:
+    """Append to the run's trainkit.log, as Hydra did for the first part of the run."""
+    handler = logging.FileHandler(run_dir / "trainkit.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger = logging.getLogger("trainkit")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def take_back_later_outputs(run_dir: Path, saved: dict) -> None:
+    """Drop what the stopped process logged after the checkpoint was written."""
+    epochs_done = len(saved["fit"]["history"])
+    keep_csv_rows(run_dir / "metrics.csv", epochs_done)
+    keep_events_until(run_dir, saved["saved_at"])
+
+
+def keep_csv_rows(path: Path, epochs: int) -> None:
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    write_atomic(path, lambda f: csv.writer(f).writerows(rows[: 1 + epochs]), text=True)
+
+
+def keep_events_until(run_dir: Path, until: float) -> None:
+    """Rewrite the run's event files as one, keeping each file's version record and every
+    event written at or before `until` (each event carries its wall time). Records already kept
+    are not kept twice, so an attempt that was itself cut short is repaired by the next one."""
+    files = sorted(run_dir.glob("events.out.tfevents.*"))
+    if not files:
+        return
+    seen: set[bytes] = set()
+    kept: list[bytes] = []
+    for file in files:
+        for record in RawEventFileLoader(str(file)).Load():
+            event = event_pb2.Event.FromString(record)
+            version = event.HasField("file_version")  # one such record, at the start
+            wanted = not kept if version else event.wall_time <= until
+            if wanted and record not in seen:
+                seen.add(record)
+                kept.append(record)
+
+    def write(f: object) -> None:
+        writer = RecordWriter(f)
+        for record in kept:
+            writer.write(record)
+        writer.flush()
+
+    write_atomic(files[0], write)  # the first name: TensorBoard reads files in name order
+    for file in files[1:]:
+        file.unlink()
+
+
+def write_atomic(path: Path, write: object, text: bool = False) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w" if text else "wb", newline="" if text else None) as f:
+            write(f)  # type: ignore[operator]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def restore(saved: dict, t: Training, callbacks: list[Callback], device: object) -> FitState:
+    """Put the model, optimizer, scheduler, callbacks and RNGs back as they were saved."""
+    try:
+        t.model.load_state_dict(saved["model"])
+        t.optimizer.load_state_dict(saved["optimizer"])
+        if t.scheduler is not None and saved["scheduler"] is not None:
+            t.scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"the checkpoint does not fit its own config ({first_line(e)})") from None
+    state = FitState.from_state_dict(saved["fit"], device)  # type: ignore[arg-type]
+    for cb in callbacks:
+        name = type(cb).__name__
+        if name in saved["callbacks"]:
+            cb.load_state_dict(saved["callbacks"][name], state)
+    runtime.set_rng_state(saved["rng"])  # last: building the model drew from them
+    return state
