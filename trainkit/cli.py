@@ -12,6 +12,7 @@ import difflib
 import importlib
 import itertools
 import logging
+import os
 import re
 import sys
 from datetime import datetime
@@ -34,7 +35,7 @@ from trainkit.config import (
     shorten_aliases,
     validate,
 )
-from trainkit.errors import Interrupted, UserError, first_line
+from trainkit.errors import Interrupted, UserError, first_line, report
 from trainkit.sweep import FAILED_JOBS, record_failure
 
 log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
@@ -111,7 +112,7 @@ def hydra_app(cfg: DictConfig) -> float:
         sys.exit(128 + e.signum)
     except UserError as e:
         if not in_sweep:
-            print(f"trainkit: error: {e}", file=sys.stderr)
+            report("trainkit", e)
             sys.exit(2)
         return record_failure(run_dir, str(e), job_label(hydra_cfg), cfg.trainer.monitor)
     except Exception as e:
@@ -156,7 +157,7 @@ def run_subcommand(name: str, args: list[str]) -> int:
     try:
         getattr(importlib.import_module(module), function)(cfg, out_dir, **kwargs)
     except UserError as e:
-        print(f"trainkit {name}: error: {e}", file=sys.stderr)
+        report(f"trainkit {name}", e)
         return 2
     return 0
 
@@ -175,7 +176,7 @@ def resume(args: list[str]) -> int:
         resuming.log_to_run_dir(run_dir)
         run(cfg, run_dir, resume=saved)
     except UserError as e:
-        print(f"trainkit: error: {e}", file=sys.stderr)
+        report("trainkit", e)
         return 2
     except Interrupted as e:
         print(f"trainkit: {e}", file=sys.stderr)
@@ -237,23 +238,45 @@ def preflight(overrides: list[str], multirun: bool) -> list[str]:
             for line in check_job(job):
                 if line not in errors:
                     errors.append(line)
-        if multirun and not errors:
+        if not errors:
             fixed = [text for o, text in zip(parser.parse_overrides(overrides), overrides,
                                              strict=True) if not o.is_sweep_override()]  # fmt: skip
-            errors += check_sweeper(fixed)
+            errors += check_hydra_settings(fixed, multirun)
     GlobalHydra.instance().clear()
     return errors
 
 
-def check_sweeper(overrides: list[str]) -> list[str]:
-    """An Optuna study must optimize in the direction in which trainer.monitor improves: each
-    trial returns its best trainer.monitor value."""
+def check_hydra_settings(overrides: list[str], multirun: bool) -> list[str]:
+    """The output folder can be written, and a sweeper optimizes the right way."""
     try:
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     except MissingConfigException as e:  # hydra/launcher=..., hydra/sweeper=...
         return [unknown_option_message(e)]
     except Exception as e:
         return [first_line(e)]
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    problem = unwritable(Path(str(OmegaConf.select(cfg, key))))
+    if problem:
+        return [f"cannot write the run's outputs: {problem}; choose another folder with "
+                f"{key}=<folder> (or run from a folder you can write)"]  # fmt: skip
+    return check_sweeper(cfg) if multirun else []
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why outputs cannot go into `folder` (made on demand), or None if they can."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def check_sweeper(cfg: DictConfig) -> list[str]:
+    """An Optuna study must optimize in the direction in which trainer.monitor improves: each
+    trial returns its best trainer.monitor value."""
     sweeper = cfg.hydra.sweeper
     direction = sweeper.get("direction")
     direction = getattr(direction, "name", direction)  # Optuna's schema holds an Enum

@@ -1,5 +1,9 @@
 """The one exception type that reaches the user as a single line instead of a traceback."""
 
+import os
+import sys
+import traceback
+
 
 class UserError(Exception):
     """Bad input the user can fix; the message says what to change."""
@@ -17,3 +21,10 @@ def first_line(e: BaseException) -> str:
     """An exception's message cut to its first line: errors reach the user as one line."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def report(prefix: str, e: BaseException) -> None:
+    """`<prefix>: error: <message>` on stderr; with TRAINKIT_DEBUG=1, the traceback first."""
+    if os.environ.get("TRAINKIT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(e)
+    print(f"{prefix}: error: {e}", file=sys.stderr)
