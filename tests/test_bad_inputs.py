@@ -66,6 +66,8 @@ def more_bad_inputs(cwd: Path, fmnist_slice: Path) -> list[tuple[list[str], str]
          "use the model settings the checkpoint was trained with"),
         (["-m", "hydra/sweeper=optuna"], "hydra.sweeper.direction=minimize, but each trial"),
         (["-m", "hydra/launcher=paralel"], "hydra/launcher=paralel: no such option"),
+        (["-m", "hydra.callbacks.sweep_summary.rank_by=acc", "seed=0,1"],
+         "rank_by=acc: choose one of val_acc, val_loss"),
         ([f"resume={cwd / 'nowhere'}"], "no such run dir or checkpoint: check the path"),
         ([f"resume={cwd}"], "no checkpoints/last.pt there"),
         ([f"resume={cwd / 'a_file'}"], "a resumed run goes on in its own run dir"),

@@ -259,7 +259,14 @@ def check_hydra_settings(overrides: list[str], multirun: bool) -> list[str]:
     if problem:
         return [f"cannot write the run's outputs: {problem}; choose another folder with "
                 f"{key}=<folder> (or run from a folder you can write)"]  # fmt: skip
+    rank_by = OmegaConf.select(cfg, "hydra.callbacks.sweep_summary.rank_by")
+    if rank_by is not None and rank_by not in RANKABLE:
+        return [f"hydra.callbacks.sweep_summary.rank_by={rank_by}: choose one of "
+                f"{', '.join(RANKABLE)}"]  # fmt: skip
     return check_sweeper(cfg) if multirun else []
+
+
+RANKABLE = ("val_acc", "val_loss", "train_acc", "train_loss")  # a sweep's table ranks by one
 
 
 def unwritable(folder: Path) -> str | None:
