@@ -35,6 +35,7 @@ def run_args(fmnist_slice: Path) -> list[str]:
         "augment=flip",
         "trainer.deterministic=true",
         "diagnostics.every_n_steps=4",
+        "trainer.checkpoint_every_n_epochs=2",
     ]
 
 
@@ -86,6 +87,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     test = [json.loads((d / "summary.json").read_text())["test"] for d in (resumed, reference)]
     assert test[0] == test[1]
+    assert checkpoint.load(resumed / "checkpoints" / "epoch_2.pt")["epoch"] == 2
     # TensorBoard: each curve once per step, no gaps, the same values.
     assert scalars(resumed, "acc/val") == scalars(reference, "acc/val")
     steps = [step for step, _ in scalars(resumed, "grad_norm/total")]
