@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def workdir(fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     victim = broken / "train-images-idx3-ubyte.gz"
     victim.write_bytes(gzip.compress(gzip.decompress(victim.read_bytes())[:5000]))
     (cwd / "a_file").write_text("not a folder\n")
+    (run_dir,) = (cwd / "outputs").glob("2*/*")
+    diverged = shutil.copytree(run_dir, cwd / "other" / "diverged")  # as a NaN run leaves it
+    summary = json.loads((diverged / "summary.json").read_text())
+    summary |= {"status": "failed", "stop_reason": "the loss became NaN/Inf at step 4 (lr 10)"}
+    (diverged / "summary.json").write_text(json.dumps(summary))
     return cwd
 
 
@@ -78,6 +84,14 @@ def more_bad_inputs(cwd: Path, fmnist_slice: Path) -> list[tuple[list[str], str]
         (["compare", str(cwd)], "holds no sweep jobs"),
         (["lr-find", "lr=-1"], "lr=-1.0: the learning rate must be > 0"),
         (["init-report", "schemes=bogus"], "schemes: bogus unknown"),
+        (["evaluate", f"ckpt={cwd / 'a_file'}"], "is not a trainkit checkpoint or is damaged"),
+        ([f"resume={cwd / 'other' / 'diverged'}"],
+         "failed (the loss became NaN/Inf at step 4 (lr 10)) and would fail again the same way"),
+        (["compare", str(cwd), "foo=1"], "foo=: compare takes a sweep dir and rank_by="),
+        (["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=0", "seed=0,1"],
+         "hydra.launcher.n_jobs=0: choose how many jobs run at once"),
+        (["-m", "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=0"],
+         "hydra.sweeper.n_trials=0: choose 1 or more"),
     ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@ numbers of a run that was never stopped; checkpoints never run code."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -40,7 +41,7 @@ def run_args(fmnist_slice: Path) -> list[str]:
 
 
 def run_with_signal(
-    sig: str, step: int, args: list[str], cwd: Path
+    sig: str, step: int | str, args: list[str], cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
@@ -125,7 +126,8 @@ def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert summary["stop_reason"] == f"interrupted by SIG{sig} at epoch 2, step 15"
-    assert f"go on with: trainkit resume={run_dir}" in result.stdout
+    assert f"saved {run_dir}/checkpoints/last.pt" in result.stdout
+    assert "go on with" not in result.stdout  # said once, on stderr
     assert result.stderr.strip().endswith(f"go on with: trainkit resume={run_dir}")
     # The event file was flushed and closed: epoch 1 and the first 15 steps are readable.
     assert [step for step, _ in scalars(run_dir, "loss/val")] == [1]
@@ -139,11 +141,40 @@ def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
 def test_a_second_ctrl_c_quits_at_once(fmnist_slice: Path, tmp_path: Path) -> None:
     result = run_with_signal("INT2", 15, run_args(fmnist_slice), tmp_path)
     assert result.returncode == 130
-    assert result.stderr.strip().endswith("trainkit: stopped at once; the last checkpoint "
-                                          "written stays as it was")  # fmt: skip
+    assert result.stderr.strip().endswith(
+        "trainkit: stopped at once; checkpoints already written are intact "
+        "(trainkit resume=<run dir> goes on from the last one)"
+    )
     assert "Traceback" not in result.stderr
     saved = checkpoint.load(only_run_dir(tmp_path) / "checkpoints" / "last.pt")
     assert (saved["epoch"], saved["fit"]["progress"]) == (1, None)  # epoch 1's, untouched
+
+
+def test_a_signal_stops_a_sweep_reports_its_jobs_and_the_stopped_job_resumes(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    args = ["-m", "seed=0,1,2", *small_overrides(fmnist_slice), "epochs=1"]
+    result = run_with_signal("TERM", "5*2", args, tmp_path)  # step 5 of the second job
+    assert result.returncode == 143, result.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [p.name.rpartition(",")[2] for p in jobs] == ["seed=0", "seed=1"]  # seed=2 never ran
+    with (sweep_dir / "summary.csv").open() as f:
+        status = {row["seed"]: row["status"] for row in csv.DictReader(f)}
+    assert status == {"0": "completed", "1": "interrupted"}
+    stopped = jobs[1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "trainkit: interrupted by SIGTERM at epoch 1, step 5; go on with: "
+        f"trainkit resume={stopped}; the sweep stopped after 2 job(s)"
+    )
+    assert "stopped at once" not in result.stderr and "Traceback" not in result.stderr
+    assert "interrupted by SIGTERM" in (stopped / "trainkit.log").read_text()
+
+    resumed = trainkit(f"resume={stopped}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((stopped / "summary.json").read_text())["status"] == "completed"
+    assert "resumed from" in (stopped / "trainkit.log").read_text()
 
 
 class Payload:
@@ -185,5 +216,6 @@ def test_a_checkpoint_that_runs_code_is_refused_without_running_it(
             main()
         err = capsys.readouterr().err
         assert exit_.value.code == 2, err
-        assert f"checkpoint {path} cannot be loaded (" in err and "Traceback" not in err
+        assert f"checkpoint {path} is refused: loading it would run code" in err
+        assert "Traceback" not in err and "weights_only" not in err
         assert not marker.exists()  # refused before anything ran

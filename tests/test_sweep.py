@@ -261,29 +261,40 @@ def test_submitit_local_executor_runs_a_two_job_sweep(fmnist_slice: Path, tmp_pa
     assert (sweep_dir / ".submitit").is_dir()  # submitit's own job records
 
 
-def test_compare_reports_a_finished_sweep_by_another_metric(
+def test_compare_reports_a_sweep_again_and_by_another_metric(
     seed_sweep: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
 ) -> None:
     _, sweep_dir = seed_sweep
     copy = shutil.copytree(sweep_dir, tmp_path / "sweep")
     for name in ("summary.csv", "summary_by_config.csv", "comparison.png"):
         (copy / name).unlink()
+    result = trainkit("compare", str(copy), cwd=tmp_path)  # e.g. a sweep that was stopped
+    assert result.returncode == 0, result.stderr
+    assert (copy / "summary.csv").read_text() == (sweep_dir / "summary.csv").read_text()
+    assert (copy / "summary_by_config.csv").is_file() and (copy / "comparison.png").is_file()
+
     result = trainkit("compare", str(copy), "rank_by=val_loss", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "sweep: 6 jobs ranked by best val_loss" in result.stdout
-    rows = read_csv(copy / "summary.csv")
-    best = [float(row["best_val_loss"]) for row in rows]
-    assert best == sorted(best)
-    for row in rows:
-        assert best[int(row["rank"]) - 1] == pytest.approx(
-            min(h["val_loss"] for h in job_history(copy / row["job"])), rel=1e-5
-        )
-    assert (copy / "summary_by_config.csv").is_file() and (copy / "comparison.png").is_file()
+    assert "the sweep's files stay ranked by its trainer.monitor" in result.stdout
+    assert (copy / "summary.csv").read_text() == (sweep_dir / "summary.csv").read_text()
+    # The table's rows, best first: rank, optimizer, seed, best val_loss, ...
+    cells = [line.strip("│ ").split("│") for line in result.stdout.splitlines()]
+    ranked = [[c.strip() for c in row] for row in cells if row[0].strip().isdigit()][:6]
+    assert [row[0] for row in ranked] == ["1", "2", "3", "4", "5", "6"]
+    best = {(row[1], row[2]): float(row[3]) for row in ranked}
+    assert [float(row[3]) for row in ranked] == sorted(best.values())
+    for (optimizer, seed), value in best.items():
+        (job_dir,) = copy.glob(f"*optimizer={optimizer},*seed={seed},*")
+        history = job_history(job_dir)
+        assert value == pytest.approx(min(h["val_loss"] for h in history), abs=5e-5)
 
     for args, message in [
         ([str(tmp_path)], "holds no sweep jobs"),
         ([], "name one sweep dir"),
-        ([str(copy), "rank_by=val_acc2"], "rank_by=val_acc2: no such metric; choose one of"),
+        ([str(copy), "rank_by=val_acc2"], "rank_by=val_acc2: choose one of val_acc, val_loss"),
+        ([str(copy), "rank_by=lr"], "rank_by=lr: choose one of val_acc, val_loss"),
+        ([str(copy), "rank=val_loss"], "rank=: compare takes a sweep dir and rank_by=<metric>"),
     ]:
         result = trainkit("compare", *args, cwd=tmp_path)
         assert result.returncode == 2
@@ -299,6 +310,10 @@ def test_compare_reports_a_finished_sweep_by_another_metric(
         (["hydra/sweeper=lr_search", "trainer.monitor=val_loss"], "use hydra.sweeper.direction="
          "minimize"),
         (["hydra/launcher=paralel"], "hydra/launcher=paralel: no such option; choose one of "),
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: "
+         "choose how many jobs run at once (e.g. 4), or -1 for one per core"),
+        (["hydra/sweeper=lr_search", "hydra.sweeper.n_trials=0"],
+         "hydra.sweeper.n_trials=0: choose 1 or more"),
     ],
 )  # fmt: skip
 def test_a_sweep_set_up_wrong_is_refused_before_it_starts(

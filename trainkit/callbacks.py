@@ -251,4 +251,5 @@ class EarlyStopping(Callback):
 
 
 def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
+    # Full precision: a sweep's report and summary.json must agree to the last digit.
+    return repr(value) if isinstance(value, float) else value

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,4 +47,14 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist: check the path") from None
     except Exception as e:
-        raise UserError(f"checkpoint {path} cannot be loaded ({first_line(e)})") from None
+        code = re.search(r"GLOBAL (\S+)", str(e))  # weights_only met a callable it would call
+        if isinstance(e, pickle.UnpicklingError) and code:
+            raise UserError(
+                f"checkpoint {path} is refused: loading it would run code ({code.group(1)}), "
+                "and trainkit checkpoints hold tensors only; use a checkpoint trainkit wrote"
+            ) from None  # torch's own messages suggest weights_only=False: not for us
+        reason = first_line(e).split(". ")[0][:120]
+        raise UserError(
+            f"checkpoint {path} is not a trainkit checkpoint or is damaged ({type(e).__name__}: "
+            f"{reason}): check the path, or use another checkpoint of the run (best.pt, last.pt)"
+        ) from None

@@ -35,7 +35,7 @@ from trainkit.config import (
     shorten_aliases,
     validate,
 )
-from trainkit.errors import Interrupted, UserError, first_line, report
+from trainkit.errors import Interrupted, SweepInterrupted, UserError, first_line, report
 from trainkit.sweep import FAILED_JOBS, record_failure
 
 log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
@@ -59,10 +59,26 @@ SUBCOMMANDS = {
 def main() -> None:
     try:
         dispatch()
+    except SweepInterrupted as e:
+        sys.exit(stop_sweep(e))
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        print("trainkit: stopped at once; the last checkpoint written stays as it was",
-              file=sys.stderr)  # fmt: skip
+        print("trainkit: stopped at once; checkpoints already written are intact "
+              "(trainkit resume=<run dir> goes on from the last one)", file=sys.stderr)  # fmt: skip
         sys.exit(130)
+
+
+def stop_sweep(e: SweepInterrupted) -> int:
+    """A signal stopped a sweep: report the jobs that ran, say how to go on, exit 128+signal."""
+    from trainkit import sweep
+
+    folder = Path(e.sweep_dir)
+    jobs = sweep.read_jobs(folder)
+    if jobs:
+        report = sweep.build_report(folder, jobs[0].monitor)
+        sweep.print_report(report, sweep.write(report))
+    print(f"trainkit: {e}; the sweep stopped after {len(jobs)} job(s) and its later jobs did "
+          "not start: run the sweep again for them", file=sys.stderr)  # fmt: skip
+    return 128 + e.signum
 
 
 def dispatch() -> None:
@@ -106,11 +122,13 @@ def hydra_app(cfg: DictConfig) -> float:
             cfg.trainer.threads = runtime.threads_per_job(hydra_cfg.launcher)
         summary = run(cfg, run_dir)
     except Interrupted as e:  # last.pt and summary.json say where it stopped
-        if in_sweep:
-            raise KeyboardInterrupt from None  # the rest of the sweep stops too
+        log.info("%s", e)
+        if in_sweep:  # the rest of the sweep stops too (main.stop_sweep)
+            raise SweepInterrupted(e.signum, str(e), hydra_cfg.sweep.dir) from None
         print(f"trainkit: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except UserError as e:
+        log.error("%s", e)
         if not in_sweep:
             report("trainkit", e)
             sys.exit(2)
@@ -174,6 +192,8 @@ def resume(args: list[str]) -> int:
             raise UserError("resume one run at a time: trainkit resume=outputs/<date>/<time>")
         cfg, run_dir, saved = resuming.load(targets[0], others)
         resuming.log_to_run_dir(run_dir)
+        log.info("resumed from %s at epoch %d, step %d; later lines continue from there",
+                 targets[0], saved["epoch"], saved["step"])  # fmt: skip
         run(cfg, run_dir, resume=saved)
     except UserError as e:
         report("trainkit", e)
@@ -186,28 +206,31 @@ def resume(args: list[str]) -> int:
 
 def compare(args: list[str]) -> int:
     """`trainkit compare <sweep dir> [rank_by=<metric>]`: the end-of-sweep report again, e.g.
-    for a sweep that ran on a cluster or was stopped, or ranked by another metric."""
+    for a sweep that ran on a cluster, was stopped, or had a job resumed since. It rewrites the
+    sweep's report files; ranked by another metric than the sweep's own, it only prints."""
     from trainkit import sweep
 
-    rank_by = [a.partition("=")[2] for a in args if a.startswith("rank_by=")]
-    folders = [a for a in args if not a.startswith("rank_by=")]
+    folders = [a for a in args if "=" not in a]
+    settings = dict(a.partition("=")[::2] for a in args if "=" in a)
     jobs = sweep.read_jobs(Path(folders[0])) if len(folders) == 1 else []
+    monitor = jobs[0].monitor if jobs else ""
+    metric = settings.get("rank_by", monitor)
     error = None
-    if len(folders) != 1:
+    if unknown := [key for key in settings if key != "rank_by"]:
+        error = f"{unknown[0]}=: compare takes a sweep dir and rank_by=<metric> only"
+    elif len(folders) != 1:
         error = "name one sweep dir: trainkit compare outputs/multirun/<date>/<time>"
     elif not jobs:
         error = (f"{folders[0]} holds no sweep jobs (folders with .hydra/overrides.yaml): "
                  "name a dir under outputs/multirun/")  # fmt: skip
-    metric = rank_by[0] if rank_by else jobs[0].monitor if jobs else ""
-    known = {k for job in jobs for k in (job.summary.get("best") or {})}
-    if known and metric not in known:
-        error = f"rank_by={metric}: no such metric; choose one of {', '.join(sorted(known))}"
+    elif metric not in RANKABLE:
+        error = f"rank_by={metric}: choose one of {', '.join(RANKABLE)}"
     if error:
         print(f"trainkit compare: error: {error}", file=sys.stderr)
         return 2
-    folder = Path(folders[0])
-    report = sweep.build_report(folder, metric)
-    sweep.print_report(report, sweep.write(report))
+    report = sweep.build_report(Path(folders[0]), metric)
+    written = sweep.write(report) if metric == monitor else []
+    sweep.print_report(report, written)
     return 1 if report.failed else 0
 
 
@@ -263,7 +286,15 @@ def check_hydra_settings(overrides: list[str], multirun: bool) -> list[str]:
     if rank_by is not None and rank_by not in RANKABLE:
         return [f"hydra.callbacks.sweep_summary.rank_by={rank_by}: choose one of "
                 f"{', '.join(RANKABLE)}"]  # fmt: skip
-    return check_sweeper(cfg) if multirun else []
+    return check_launcher(cfg) + check_sweeper(cfg) if multirun else []
+
+
+def check_launcher(cfg: DictConfig) -> list[str]:
+    n_jobs = cfg.hydra.launcher.get("n_jobs")
+    if isinstance(n_jobs, int) and n_jobs == 0:  # joblib: -1 is one job per core, -2 all but one
+        return ["hydra.launcher.n_jobs=0: choose how many jobs run at once (e.g. 4), or -1 for "
+                "one per core"]  # fmt: skip
+    return []
 
 
 RANKABLE = ("val_acc", "val_loss", "train_acc", "train_loss")  # a sweep's table ranks by one
@@ -285,6 +316,10 @@ def check_sweeper(cfg: DictConfig) -> list[str]:
     """An Optuna study must optimize in the direction in which trainer.monitor improves: each
     trial returns its best trainer.monitor value."""
     sweeper = cfg.hydra.sweeper
+    for key in ("n_trials", "n_jobs"):  # Optuna: trials in all, trials per batch
+        value = sweeper.get(key)
+        if isinstance(value, int) and value < 1:
+            return [f"hydra.sweeper.{key}={value}: choose 1 or more"]
     direction = sweeper.get("direction")
     direction = getattr(direction, "name", direction)  # Optuna's schema holds an Enum
     if "optuna" not in str(sweeper.get("_target_", "")).lower() or not isinstance(direction, str):

@@ -95,8 +95,10 @@ class ProgressPrinter(Callback):
 
 
 def print_summary(summary: dict) -> None:
+    failed = summary.get("status") == "failed"  # then the error line gives the reason
     if summary["final"] is None:  # stopped inside the first epoch
-        console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
+        if not failed:
+            console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
         return
     verdict = summary["diagnosis"]["verdict"]
     table = Table(title="summary", title_justify="left", caption=f"verdict: {verdict}",
@@ -112,7 +114,8 @@ def print_summary(summary: dict) -> None:
     )
     table.add_row("test", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
     console.print(table)
-    console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
+    if not failed:
+        console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
     print_diagnosis(summary["diagnosis"])
     line = (
         f"{summary['epochs_run']} epochs in {summary['wall_time_s']:.1f}s, "
@@ -159,7 +162,8 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
     for name in (f"best {m}", "final val_loss", "test acc"):
         table.add_column(name, justify="right")
     for row in groups:
-        n = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        missing = [f"{row[k]} {k}" for k in ("failed", "unfinished") if row[k]]
+        n = f"{row['n']}" + (f" ({', '.join(missing)})" if missing else "")
         table.add_row(
             *(row[k] for k in keys), n,
             *(_mean_std(row, name) for name in (f"best_{m}", "final_val_loss", "test_acc")),

@@ -17,6 +17,16 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped a sweep's job after saving it: the sweep stops too. A
+    KeyboardInterrupt, so that Hydra lets it through instead of recording a failed job."""
+
+    def __init__(self, signum: int, message: str, sweep_dir: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.sweep_dir = sweep_dir
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message cut to its first line: errors reach the user as one line."""
     text = str(e).strip()

@@ -265,10 +265,7 @@ def stop_interrupted(
     summary["status"] = "interrupted"
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tb.close("interrupted")
-    console.console.print(
-        f"{state.stop_reason}: saved {path}\ngo on with: trainkit resume={run_dir}",
-        highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    console.console.print(f"saved {path}", highlight=False, soft_wrap=True)
     raise Interrupted(
         state.interrupted, f"{state.stop_reason}; go on with: trainkit resume={run_dir}"
     )

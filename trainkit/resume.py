@@ -11,6 +11,7 @@ rewritten without them), so curves continue without a duplicated or missing step
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import tempfile
@@ -51,6 +52,7 @@ def find_checkpoint(target: str) -> tuple[Path, Path]:
 def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
     """The run's own config (with only CHANGEABLE keys overridden), its dir and checkpoint."""
     path, run_dir = find_checkpoint(target)
+    refuse_failed(run_dir, path)
     saved = checkpoint.load(path)
     if "fit" not in saved:
         raise UserError(
@@ -74,6 +76,21 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
             f"start a new run with model.from_checkpoint={path})"
         )
     return cfg, run_dir, saved
+
+
+def refuse_failed(run_dir: Path, path: Path) -> None:
+    """A run that diverged would diverge again from the same state with the same config."""
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:
+        return
+    if summary.get("status") == "failed":
+        reason = (summary.get("reason") or summary.get("stop_reason") or "").split(";")[0]
+        raise UserError(
+            f"{run_dir} failed ({reason}) and would fail again the same way: start a new run "
+            f"with the fix, e.g. model.from_checkpoint={path} lr=<lower>"
+        )
 
 
 def log_to_run_dir(run_dir: Path) -> None:

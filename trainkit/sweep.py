@@ -40,7 +40,7 @@ class Job:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "completed" if self.summary else "not finished")
+        return self.summary.get("status", "completed" if self.summary else "unfinished")
 
     @property
     def monitor(self) -> str:
@@ -242,7 +242,8 @@ def group_rows(report: Report) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             **group.overrides,
             "n": len(done),
-            "failed": len(group.jobs) - len(done),
+            "failed": sum(job.status == FAILED for job in group.jobs),
+            "unfinished": sum(job.status not in (FAILED, "completed") for job in group.jobs),
         }
         for name, values in (
             (f"best_{m}", [j.best(m) for j in done]),
@@ -283,9 +284,13 @@ def print_report(report: Report, written: list[Path]) -> None:
     from trainkit.console import console, sweep_tables
 
     sweep_tables(report, job_rows(report), group_rows(report))
+    files = (
+        f"written: {', '.join(p.name for p in written)} in {report.sweep_dir}"
+        if written
+        else "the sweep's files stay ranked by its trainer.monitor"
+    )
     console.print(
-        f"written: {', '.join(p.name for p in written)} in {report.sweep_dir}; "
-        f"compare the curves: tensorboard --logdir {report.sweep_dir}",
+        f"{files}; compare the curves: tensorboard --logdir {report.sweep_dir}",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
 
