@@ -1,0 +1,320 @@
+"""Training and evaluation throughput of trainkit's loop against the loops people write by hand,
+measured side by side in one run on the same model, batch size, data and thread count:
+
+  trainkit        trainkit's own loop (experiment.build + loop.fit), diagnostics and TensorBoard
+                  logging on at their default sampling
+  trainkit+aug    the same with augment=standard (random 2-px shift + horizontal flip)
+  tutorial        the PyTorch tutorials' loop: torchvision FashionMNIST + ToTensor/Normalize +
+                  DataLoader(shuffle=True), forward/loss/backward/step, `.item()` in evaluation
+  bare            the framework limit: the whole set preloaded as a normalized float tensor,
+                  batches by index, nothing but forward, loss, backward, step (fp32, NCHW,
+                  torch.optim.Adam with its defaults)
+  bare+cl, bare+fused, bare+best
+                  the bare loop with channels_last, with Adam(fused=True), and with both plus
+                  glibc's allocator kept from returning freed buffers to the OS: the best
+                  variants found on this machine class (../shared/PERF-NOTES.md)
+
+Each measurement runs in its own process (so each reports its own peak RSS), after a warm-up;
+the loops alternate round by round so that a VM's drift hits them alike; figures are medians.
+Run:
+
+    .venv/bin/python scripts/bench.py [--models cnn mlp] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BATCH = 128
+STEPS = {"cnn": 60, "mlp": 200}  # timed steps per measurement: a few seconds each
+WARMUP_STEPS = 10
+LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best"]
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yaml
+
+
+# ------------------------------------------------------------------ the loops (child process)
+
+
+def trainkit_cfg(model: str, steps: int, threads: int, augment: bool):  # noqa: ANN201
+    from hydra import compose, initialize_config_dir
+
+    from trainkit.config import CONF_DIR, register_schemas
+
+    register_schemas()
+    overrides = [
+        f"model={model}",
+        f"trainer.batch_size={BATCH}",
+        f"trainer.threads={threads}",
+        f"trainer.max_steps_per_epoch={steps}",
+        "trainer.epochs=2",  # the first epoch is the warm-up; the second is timed
+        "data.download=false",
+        "diagnostics.pictures=false",
+        f"augment={'standard' if augment else 'none'}",
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def run_trainkit(model: str, steps: int, threads: int, augment: bool) -> dict:
+    from trainkit import experiment, hparams
+    from trainkit.callbacks import TensorBoardLogger
+    from trainkit.diagnostics import Diagnostics
+    from trainkit.loop import evaluate, fit
+
+    cfg = trainkit_cfg(model, steps, threads, augment)
+    dataset, t = experiment.build(cfg)
+    with tempfile.TemporaryDirectory() as logdir:
+        tb = TensorBoardLogger(Path(logdir), "", t.optimizer, cfg.trainer.log_every_n_steps,
+                               hparams.collect(cfg), cfg.trainer.monitor)  # fmt: skip
+        callbacks = [tb, Diagnostics(cfg.diagnostics, t.model, tb.writer)]
+        state = fit(t, dataset, callbacks)
+        tb.close("completed")
+    batch = cfg.trainer.eval_batch_size
+    return {
+        "train": state.history[-1]["samples_per_s"],
+        "eval": timed_eval(
+            lambda: evaluate(t.model, dataset.test, t.normalize, t.loss_fn, batch),
+            len(dataset.test),
+        ),  # fmt: skip
+    }
+
+
+def timed_eval(evaluate_once, n: int) -> float:  # noqa: ANN001
+    evaluate_once()  # warm-up
+    start = time.perf_counter()
+    evaluate_once()
+    return n / (time.perf_counter() - start)
+
+
+def same_model(model: str) -> nn.Module:
+    """trainkit's model with its default init: every loop trains exactly the same network."""
+    from trainkit.experiment import build_model
+    from trainkit.init import initialize
+
+    cfg = trainkit_cfg(model, 1, 1, False)
+    torch.manual_seed(0)
+    net = build_model(cfg.model, (1, 28, 28), 10)
+    initialize(net, cfg.init)
+    return net
+
+
+def run_tutorial(model: str, steps: int, raw_root: str) -> dict:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    train_data = datasets.FashionMNIST(raw_root, train=True, download=False, transform=transform)
+    test_data = datasets.FashionMNIST(raw_root, train=False, download=False, transform=transform)
+    train_loader = DataLoader(train_data, batch_size=BATCH, shuffle=True)
+    test_loader = DataLoader(test_data, batch_size=BATCH)
+    net = same_model(model)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def train(n_steps: int) -> None:
+        net.train()
+        for step, (X, y) in enumerate(train_loader):
+            if step == n_steps:
+                break
+            loss = loss_fn(net(X), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def test() -> None:
+        net.eval()
+        test_loss, correct = 0.0, 0.0
+        with torch.no_grad():
+            for X, y in test_loader:
+                pred = net(X)
+                test_loss += loss_fn(pred, y).item()
+                correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+
+    train(WARMUP_STEPS)
+    start = time.perf_counter()
+    train(steps)
+    return {
+        "train": steps * BATCH / (time.perf_counter() - start),
+        "eval": timed_eval(test, len(test_data)),
+    }
+
+
+def run_bare(model: str, steps: int, channels_last: bool, fused: bool) -> dict:
+    from trainkit.data import DEBIAN_FASHION_MNIST, fashion_mnist_files, read_idx
+
+    files = fashion_mnist_files(DEBIAN_FASHION_MNIST)
+    images = torch.from_numpy(read_idx(files["train_images"])).unsqueeze(1)
+    X = ((images.float() / 255 - MEAN) / STD).contiguous()
+    y = torch.from_numpy(read_idx(files["train_labels"])).long()
+    net = same_model(model)
+    if channels_last:
+        X, net = X.to(memory_format=torch.channels_last), net.to(memory_format=torch.channels_last)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused or None)
+    order = torch.randperm(len(y))
+
+    def train(n_steps: int) -> None:
+        net.train()
+        for step in range(n_steps):
+            idx = order[step * BATCH : (step + 1) * BATCH]
+            loss = loss_fn(net(X[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    train(WARMUP_STEPS)
+    start = time.perf_counter()
+    train(steps)
+    return {"train": steps * BATCH / (time.perf_counter() - start), "flop": flop_per_sample(net)}
+
+
+def flop_per_sample(net: nn.Module) -> float:
+    """FLOPs of one training sample (forward and backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(BATCH, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    return counter.get_total_flops() / BATCH
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 4096**3 / (time.perf_counter() - start) / 1e9
+
+
+def child(loop: str, model: str, threads: int, raw_root: str) -> None:
+    torch.set_num_threads(threads)
+    steps = STEPS[model]
+    if loop.startswith("trainkit"):
+        result = run_trainkit(model, steps, threads, augment=loop.endswith("aug"))
+    elif loop == "tutorial":
+        result = run_tutorial(model, steps, raw_root)
+    elif loop.startswith("bare"):
+        best = loop == "bare+best"
+        if best:
+            from trainkit.runtime import keep_freed_memory
+
+            keep_freed_memory()
+        result = run_bare(model, steps, best or loop == "bare+cl", best or loop == "bare+fused")
+    else:  # "peak"
+        result = {"gflops": matmul_gflops()}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------------ the driver (parent process)
+
+
+def raw_files_for_torchvision(folder: Path) -> str:
+    """torchvision's FashionMNIST (download=False) reads uncompressed files under
+    <root>/FashionMNIST/raw/; Debian ships the .gz files only."""
+    from trainkit.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, fashion_mnist_files
+
+    files = fashion_mnist_files(DEBIAN_FASHION_MNIST)
+    if files is None:
+        sys.exit("Fashion-MNIST is missing: run scripts/setup.sh")
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for key, name in FASHION_MNIST_FILES.items():
+        (raw / name).write_bytes(gzip.decompress(Path(files[key]).read_bytes()))
+    return str(folder)
+
+
+def measure(loop: str, model: str, threads: int, raw_root: str) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, __file__, "--child", loop, model, str(threads), raw_root]
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"{loop} {model} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=list(STEPS))
+    parser.add_argument("--loops", nargs="+", default=LOOPS, choices=LOOPS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+
+    runs: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        raw_root = raw_files_for_torchvision(Path(folder))
+        peaks = []
+        for r in range(args.repeats):
+            peaks.append(measure("peak", "mlp", args.threads, raw_root)["gflops"])
+            for model in args.models:
+                for loop in args.loops:
+                    runs.setdefault((model, loop), []).append(
+                        measure(loop, model, args.threads, raw_root)
+                    )
+            print(f"round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    report(runs, statistics.median(peaks), args)
+
+
+def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.Namespace) -> None:
+    def med(model: str, loop: str, key: str) -> float:
+        values = [run[key] for run in runs.get((model, loop), []) if key in run]
+        return statistics.median(values) if values else float("nan")
+
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{args.threads} threads, batch {BATCH}, Fashion-MNIST, median of {args.repeats}; "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    print(f"{'model':5} {'loop':14} {'train/s':>9} {'eval/s':>9} {'peak RSS':>9} {'%peak':>6}")
+    for model in args.models:
+        flop = med(model, "bare", "flop")
+        for loop in args.loops:
+            train = med(model, loop, "train")
+            share = train * flop / (peak * 1e9) * 100
+            print(f"{model:5} {loop:14} {train:9,.0f} {med(model, loop, 'eval'):9,.0f} "
+                  f"{med(model, loop, 'peak_rss_mb'):7,.0f}MB {share:5.0f}%")  # fmt: skip
+        a, b, c = (med(model, loop, "train") for loop in ("trainkit", "tutorial", "bare"))
+        best_loop = max((loop for loop in args.loops if loop.startswith("bare")),
+                        key=lambda loop: med(model, loop, "train"))  # fmt: skip
+        best = med(model, best_loop, "train")
+        aug = med(model, "trainkit+aug", "train")
+        print(f"{model}: trainkit/tutorial {a / b:.2f}x, trainkit/bare {a / c:.2f}x, "
+              f"trainkit/best bare ({best_loop}) {a / best:.2f}x, eval trainkit/tutorial "
+              f"{med(model, 'trainkit', 'eval') / med(model, 'tutorial', 'eval'):.2f}x, "
+              f"augmentation costs {(1 - aug / a) * 100:.0f}% of the step; "
+              f"{flop / 1e6:.1f} MFLOP per training sample")  # fmt: skip
+    if args.json:
+        flat = [{"model": m, "loop": loop, **run} for (m, loop), rs in runs.items() for run in rs]
+        args.json.write_text(json.dumps({"peak_gflops": peak, "runs": flat}, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    else:
+        main()
