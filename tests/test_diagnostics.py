@@ -51,7 +51,8 @@ def test_deep_sigmoid_mlp_with_small_init_vanishes_and_says_so(
 
 
 def test_per_layer_signals_are_written_by_path(fmnist_slice: Path, tmp_path: Path) -> None:
-    overrides = [*small_overrides(fmnist_slice, "cnn"), "epochs=1", "diagnostics.every_n_steps=2"]
+    overrides = [*small_overrides(fmnist_slice, "cnn"), "epochs=1", "diagnostics.every_n_steps=2",
+                 "diagnostics.total_norm_every_n_steps=1"]  # fmt: skip
     train(overrides, tmp_path)
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()

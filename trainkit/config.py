@@ -308,6 +308,7 @@ class VerdictConfig:
 class DiagnosticsConfig:
     enabled: bool = True
     every_n_steps: int = 100  # per-layer signals sampled every N optimizer steps
+    total_norm_every_n_steps: int = 10  # the total gradient norm every N optimizer steps
     histograms_every_n_epochs: int = 1  # 0: no histograms
     vanishing_ratio: float = 1.0e-3  # first/last layer gradient-norm ratio that warns
     exploding_factor: float = 100.0  # total gradient norm this many x its median warns
@@ -525,6 +526,7 @@ def validate(cfg: DictConfig) -> list[str]:
     )
     diag = cfg.diagnostics
     need(diag.every_n_steps >= 1, "diagnostics.every_n_steps must be >= 1")
+    need(diag.total_norm_every_n_steps >= 1, "diagnostics.total_norm_every_n_steps must be >= 1")
     need(diag.histograms_every_n_epochs >= 0, "diagnostics.histograms_every_n_epochs must be >= 0")
     need(diag.verdict.plateau_epochs >= 1, "diagnostics.verdict.plateau_epochs must be >= 1")
     errors += validate_init(cfg.init)

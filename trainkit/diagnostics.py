@@ -1,7 +1,8 @@
 """Training-dynamics diagnostics: make vanishing and exploding gradients visible.
 
-Every optimizer step: the total gradient norm (kept on the device, written to TensorBoard once
-per `every_n_steps`, so no per-step sync). Every `every_n_steps` steps, per layer (each module
+Every `total_norm_every_n_steps` optimizer steps (10): the total gradient norm (kept on the
+device, written to TensorBoard once per `every_n_steps`, so no per-step sync; every step would
+cost the MLP ~8% of its step time). Every `every_n_steps` steps, per layer (each module
 that owns a weight; tags use its name, e.g. grad_norm/net.fc1):
   grad_norm/<layer>     ||dL/dW||
   weight_norm/<layer>   ||W||
@@ -52,7 +53,7 @@ class Diagnostics(Callback):
         self.writer = writer
         self.layers = weighted_layers(model)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.total_norms: list[torch.Tensor] = []  # this interval's, still on the device
+        self.total_norms: list[tuple[int, torch.Tensor]] = []  # (step, norm) still on device
         self.norm_history: deque[float] = deque(maxlen=1000)  # recent finite total norms
         self.previous: dict[str, torch.Tensor] = {}  # weights one step before a sampled step
         self.hooks: list = []
@@ -61,9 +62,10 @@ class Diagnostics(Callback):
 
     # -- every step: cheap, on the device
     def on_step_end(self, state: FitState) -> None:
-        grads = [p.grad for p in self.trainable if p.grad is not None]
-        if grads:
-            self.total_norms.append(nn.utils.get_total_norm(grads))
+        if state.step % self.cfg.total_norm_every_n_steps == 0:
+            grads = [p.grad for p in self.trainable if p.grad is not None]
+            if grads:
+                self.total_norms.append((state.step, nn.utils.get_total_norm(grads)))
         every = self.cfg.every_n_steps
         if state.step % every == 0:
             self.sample(state.step)
@@ -93,13 +95,18 @@ class Diagnostics(Callback):
         self.check_vanishing(step, grad_norms)
 
     def write_total_norms(self, step: int) -> None:
-        """The per-step total gradient norms kept on the device since the last write, read in
-        one sync; `step` is the last of them."""
-        norms = torch.stack(self.total_norms).tolist() if self.total_norms else []
-        for i, value in enumerate(norms):
-            self.writer.add_scalar("grad_norm/total", value, step - len(norms) + 1 + i)
+        """The total gradient norms kept on the device since the last write, read in one sync."""
+        norms = self.pending_norms()
+        for at, value in norms:
+            self.writer.add_scalar("grad_norm/total", value, at)
         self.total_norms = []
-        self.check_exploding(step, norms)
+        self.check_exploding(step, [value for _, value in norms])
+
+    def pending_norms(self) -> list[tuple[int, float]]:
+        if not self.total_norms:
+            return []
+        values = torch.stack([norm for _, norm in self.total_norms]).tolist()
+        return [(at, value) for (at, _), value in zip(self.total_norms, values, strict=True)]
 
     # -- activations, through forward hooks that live for one step only
     def watch_activations(self) -> None:
@@ -178,13 +185,13 @@ class Diagnostics(Callback):
 
     # -- resume: the norms not yet written, the median's history, the alerts already given
     def state_dict(self) -> dict:
-        pending = torch.stack(self.total_norms).tolist() if self.total_norms else []
-        return {"pending_norms": pending, "norm_history": list(self.norm_history),
+        return {"pending_norms": self.pending_norms(), "norm_history": list(self.norm_history),
                 "alerted": sorted(self.alerted)}  # fmt: skip
 
     def load_state_dict(self, saved: dict, state: FitState) -> None:
         device = self.trainable[0].device if self.trainable else None
-        self.total_norms = [torch.tensor(v, device=device) for v in saved["pending_norms"]]
+        pending = saved["pending_norms"]
+        self.total_norms = [(at, torch.tensor(v, device=device)) for at, v in pending]
         self.norm_history.extend(saved["norm_history"])
         self.alerted = set(saved["alerted"])
         if (state.step + 1) % self.cfg.every_n_steps == 0:  # it stopped just before a sample

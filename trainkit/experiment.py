@@ -52,8 +52,11 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
         raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """Weight decay for the weight tensors only (loop.weight_tensors); frozen ones left out."""
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay for the weight tensors only (loop.weight_tensors); frozen ones left out.
+    Without weight decay, one group: a fused optimizer then updates everything in one call."""
+    if not weight_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     decayed = weight_tensors(model)
     ids = {id(p) for p in decayed}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -67,7 +70,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
     auto = "fused" in cfg and cfg.fused is None and devices <= {"cpu", "cuda"}  # not "meta"
     fused = {"fused": True} if auto else {}
     try:
-        return instantiate(cfg)(params=param_groups(model), **fused)
+        groups = param_groups(model, cfg.get("weight_decay", 0.0))
+        return instantiate(cfg)(params=groups, **fused)
     except (InstantiationException, ValueError, TypeError) as e:
         raise UserError(f"optimizer: {first_line(e.__cause__ or e)}") from None
 

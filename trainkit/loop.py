@@ -163,6 +163,12 @@ def train_epoch(
         generator.set_state(state.progress.order_rng)
     p = state.progress
     sums = p.sums
+    # Plain values, read once: a config attribute costs ~10 us, and a step of the MLP ~2 ms.
+    l1, l2 = reg.l1, reg.l2
+    clip_norm, clip_value = reg.clip_grad_norm, reg.clip_grad_value
+    log_every = t.trainer.log_every_n_steps
+    step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
+    augment, normalize, optimizer = t.augment, t.normalize, t.optimizer
     for i, (images, labels) in enumerate(batches(train, t.trainer.batch_size, generator)):
         if i < p.batches_done:  # trained before the interruption
             continue
@@ -170,27 +176,27 @@ def train_epoch(
             break
         if state.interrupted:  # the step in flight has finished: stop before the next one
             return None
-        x = t.augment(images) if t.augment is not None else images
-        logits = model(t.normalize(x))
+        x = augment(images) if augment is not None else images
+        logits = model(normalize(x))
         data_loss = t.loss_fn(logits, labels)
         loss = data_loss
-        if reg.l1 > 0:
-            l1 = reg.l1 * sum(w.abs().sum() for w in t.penalized)
-            loss = loss + l1
-            sums["l1"] += l1.detach()
-        if reg.l2 > 0:
-            l2 = reg.l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
-            loss = loss + l2
-            sums["l2"] += l2.detach()
-        t.optimizer.zero_grad(set_to_none=True)
+        if l1 > 0:
+            l1_loss = l1 * sum(w.abs().sum() for w in t.penalized)
+            loss = loss + l1_loss
+            sums["l1"] += l1_loss.detach()
+        if l2 > 0:
+            l2_loss = l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
+            loss = loss + l2_loss
+            sums["l2"] += l2_loss.detach()
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if reg.clip_grad_norm is not None:  # returns the total norm before clipping
-            sums["grad_norm"] += nn.utils.clip_grad_norm_(t.trainable, reg.clip_grad_norm)
-        if reg.clip_grad_value is not None:
-            nn.utils.clip_grad_value_(t.trainable, reg.clip_grad_value)
-        t.optimizer.step()
-        if t.scheduler is not None and t.scheduler_interval == "step":
-            t.scheduler.step()
+        if clip_norm is not None:  # returns the total norm before clipping
+            sums["grad_norm"] += nn.utils.clip_grad_norm_(t.trainable, clip_norm)
+        if clip_value is not None:
+            nn.utils.clip_grad_value_(t.trainable, clip_value)
+        optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
 
         state.step += 1
         p.batches_done = i + 1
@@ -200,9 +206,9 @@ def train_epoch(
         sums["loss"] += data_loss.detach() * len(labels)
         p.correct += (logits.argmax(dim=1) == labels).sum()
         p.seen += len(labels)
-        if i % t.trainer.log_every_n_steps == 0:
+        if i % log_every == 0:
             state.running_loss = sums["loss"].item() / p.seen  # a sync point: once per interval
-            stop_if_diverged(p.nonfinite_at, t.optimizer, state)
+            stop_if_diverged(p.nonfinite_at, optimizer, state)
         for cb in callbacks:
             cb.on_step_end(state)
         if state.stop:  # a callback (lr-find) asked to end mid-epoch
