@@ -12,6 +12,7 @@ from torch import nn
 from trainkit import checkpoint
 from trainkit.errors import UserError
 from trainkit.experiment import build_model, run
+from trainkit.models import inference_copy
 
 from .conftest import compose_config, small_overrides
 
@@ -126,3 +127,43 @@ def test_freezing_a_name_that_does_not_exist_lists_the_names() -> None:
     with pytest.raises(UserError, match=r"model.freeze: net.fc9 names no parameter; names start "
                                         r"with net"):  # fmt: skip
         freeze(model_of("model=mlp"), ["net.fc9"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=cnn"], ["model=cnn", "model.activation=gelu"], ["model=mlp", "model.batch_norm=true"]],
+)
+def test_the_inference_copy_folds_batch_norm_and_computes_the_same_function(
+    overrides: list[str],
+) -> None:
+    torch.manual_seed(0)
+    model = model_of(*overrides)
+    model.train()
+    for _ in range(3):  # running statistics away from their initial 0 and 1
+        model(torch.randn(64, 1, 28, 28) * 2 + 0.5)
+    seen = []
+    model.register_forward_hook(lambda *args: seen.append(1))
+    folded = inference_copy(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()
+    )
+    x = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        seen.clear()
+        got = folded(x)
+    assert not seen  # the copy runs without the original's hooks
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_max_pool_runs_before_an_activation_it_commutes_with() -> None:
+    order = [name for name, _ in model_of("model=cnn").features.named_children()]
+    assert order[:4] == ["conv1", "bn1", "pool1", "act1"]
+    order = [
+        name for name, _ in model_of("model=cnn", "model.activation=gelu").features.named_children()
+    ]
+    assert order[:4] == ["conv1", "bn1", "act1", "pool1"]  # gelu(max) != max(gelu)
+    x = torch.randn(8, 4, 6, 6)
+    for act in (nn.ReLU(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid()):
+        assert torch.equal(nn.MaxPool2d(2)(act(x)), act(nn.MaxPool2d(2)(x)))

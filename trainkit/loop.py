@@ -26,6 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from trainkit.augment import Augment
 from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches
+from trainkit.models import inference_copy
 from trainkit.schedule import current_momentum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -256,7 +257,7 @@ def evaluate(
     model: nn.Module, split: Split, normalize: Normalizer, loss_fn: LossFn, batch_size: int
 ) -> dict[str, float]:
     """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats)."""
-    model.eval()
+    model = inference_copy(model)
     device = split.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -272,7 +273,7 @@ def confusion_matrix(
     model: nn.Module, split: Split, normalize: Normalizer, num_classes: int, batch_size: int
 ) -> torch.Tensor:
     """[true, predicted] counts over `split`."""
-    model.eval()
+    model = inference_copy(model)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=split.labels.device)
     for images, labels in batches(split, batch_size):
         predicted = model(normalize(images)).argmax(dim=1)
