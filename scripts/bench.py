@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 BATCH = 128
-STEPS = {"cnn": 60, "mlp": 200}  # timed steps per measurement: a few seconds each
+STEPS = {"cnn": 60, "mlp": 400}  # timed steps per measurement: a few seconds each
 WARMUP_STEPS = 10
 LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yaml

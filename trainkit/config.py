@@ -316,6 +316,9 @@ class DiagnosticsConfig:
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 5
@@ -326,6 +329,8 @@ class TrainerConfig:
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
     threads: int | None = None  # torch intra-op threads; None: torch's default
     channels_last: bool = True  # NHWC memory layout for 4-D batches: ~1.4x faster CNNs on CPU
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of forward and loss where it is fast
+    compile: bool = False  # torch.compile the training forward (cold compile: ~30 s on CPU)
     max_steps_per_epoch: int | None = None  # cut epochs short, for debugging
     log_every_n_steps: int = 50  # how often the progress bar syncs the running loss
     monitor: str = "val_acc"  # metric that picks best.pt: val_acc (max) or val_loss (min)
@@ -446,6 +451,8 @@ def validate(cfg: DictConfig) -> list[str]:
     need(0 <= t.seed < 2**32, f"seed={t.seed}: use a seed in 0..2**32-1")
     need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")
     need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
+    need(t.precision in PRECISIONS,
+         f"trainer.precision={t.precision}: choose one of {', '.join(PRECISIONS)}")  # fmt: skip
     every = t.checkpoint_every_n_epochs
     need(every is None or every >= 1, "trainer.checkpoint_every_n_epochs must be >= 1 (or null)")
     need(

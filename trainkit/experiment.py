@@ -156,9 +156,12 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
         cfg.trainer.epochs,
     )  # fmt: skip
     augment = Augment(cfg.augment)
+    autocast = runtime.autocast_dtype(cfg.trainer.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if autocast is torch.float16 else None
     training = Training(
         model, build_loss(cfg.loss), optimizer, scheduler, cfg.scheduler.interval, normalize,
-        augment if augment.active else None, cfg.regularization, cfg.trainer,
+        augment if augment.active else None, cfg.regularization, cfg.trainer, autocast, scaler,
+        torch.compile(model) if cfg.trainer.compile else None,
     )  # fmt: skip
     return dataset, training
 
@@ -176,6 +179,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": training.scaler.state_dict() if training.scaler is not None else None,
         }
 
     resumed = resume is not None

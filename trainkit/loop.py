@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -136,10 +136,20 @@ class Training:
     augment: Augment | None  # training batches only
     reg: DictConfig  # the regularization group
     trainer: DictConfig  # the trainer group
+    autocast: torch.dtype | None = None  # trainer.precision's dtype for forward and loss
+    scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling keeps small gradients
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled model, if asked
 
     def __post_init__(self) -> None:
         self.penalized = weight_tensors(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.forward is None:
+            self.forward = self.model
+
+    def precision_context(self, device: torch.device) -> AbstractContextManager:
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast)
 
 
 def train_epoch(
@@ -169,7 +179,8 @@ def train_epoch(
     clip_norm, clip_value = reg.clip_grad_norm, reg.clip_grad_value
     log_every = t.trainer.log_every_n_steps
     step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
-    augment, normalize, optimizer = t.augment, t.normalize, t.optimizer
+    augment, normalize, optimizer, forward = t.augment, t.normalize, t.optimizer, t.forward
+    precision, scaler = t.precision_context(device), t.scaler
     for i, (images, labels) in enumerate(batches(train, t.trainer.batch_size, generator)):
         if i < p.batches_done:  # trained before the interruption
             continue
@@ -178,8 +189,9 @@ def train_epoch(
         if state.interrupted:  # the step in flight has finished: stop before the next one
             return None
         x = augment(images) if augment is not None else images
-        logits = model(normalize(x))
-        data_loss = t.loss_fn(logits, labels)
+        with precision:
+            logits = forward(normalize(x))
+            data_loss = t.loss_fn(logits, labels)
         loss = data_loss
         if l1 > 0:
             l1_loss = l1 * sum(w.abs().sum() for w in t.penalized)
@@ -190,12 +202,21 @@ def train_epoch(
             loss = loss + l2_loss
             sums["l2"] += l2_loss.detach()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is None:
+            loss.backward()
+        else:  # fp16: scale the loss up so small gradients survive, unscale before clipping
+            scaler.scale(loss).backward()
+            if clip_norm is not None or clip_value is not None:
+                scaler.unscale_(optimizer)
         if clip_norm is not None:  # returns the total norm before clipping
             sums["grad_norm"] += nn.utils.clip_grad_norm_(t.trainable, clip_norm)
         if clip_value is not None:
             nn.utils.clip_grad_value_(t.trainable, clip_value)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed
+            scaler.step(optimizer)
+            scaler.update()
         if step_scheduler is not None:
             step_scheduler.step()
 

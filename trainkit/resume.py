@@ -166,6 +166,8 @@ def restore(saved: dict, t: Training, callbacks: list[Callback], device: object)
         t.optimizer.load_state_dict(saved["optimizer"])
         if t.scheduler is not None and saved["scheduler"] is not None:
             t.scheduler.load_state_dict(saved["scheduler"])
+        if t.scaler is not None and saved.get("scaler") is not None:
+            t.scaler.load_state_dict(saved["scaler"])
     except (RuntimeError, KeyError, ValueError) as e:
         raise UserError(f"the checkpoint does not fit its own config ({first_line(e)})") from None
     state = FitState.from_state_dict(saved["fit"], device)  # type: ignore[arg-type]
