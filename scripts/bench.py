@@ -1,8 +1,8 @@
 """Training and evaluation throughput of trainkit's loop against the loops people write by hand,
 measured side by side in one run on the same model, batch size, data and thread count:
 
-  trainkit        trainkit's own loop (experiment.build + loop.fit), diagnostics and TensorBoard
-                  logging on at their default sampling
+  trainkit        trainkit's own loop (experiment.build + loop.fit) with a run's callbacks:
+                  progress bar, TensorBoard, metrics.csv and diagnostics at their default sampling
   trainkit+aug    the same with augment=standard (random 2-px shift + horizontal flip)
   tutorial        the PyTorch tutorials' loop: torchvision FashionMNIST + ToTensor/Normalize +
                   DataLoader(shuffle=True), forward/loss/backward/step, `.item()` in evaluation
@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 BATCH = 128
-STEPS = {"cnn": 60, "mlp": 400}  # timed steps per measurement: a few seconds each
+STEPS = {"cnn": 60, "mlp": 400}  # steps per timed epoch
+TIMED_EPOCHS = {"cnn": 1, "mlp": 3}  # a few seconds of timed training per measurement
 WARMUP_STEPS = 10
 LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yaml
@@ -60,10 +61,11 @@ def trainkit_cfg(model: str, steps: int, threads: int, augment: bool):  # noqa: 
         f"trainer.batch_size={BATCH}",
         f"trainer.threads={threads}",
         f"trainer.max_steps_per_epoch={steps}",
-        "trainer.epochs=2",  # the first epoch is the warm-up; the second is timed
+        f"trainer.epochs={1 + TIMED_EPOCHS[model]}",  # the first epoch is the warm-up
         "data.download=false",
         "diagnostics.pictures=false",
         f"augment={'standard' if augment else 'none'}",
+        *os.environ.get("BENCH_TRAINKIT_OVERRIDES", "").split(),  # --trainkit-overrides
     ]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -71,7 +73,8 @@ def trainkit_cfg(model: str, steps: int, threads: int, augment: bool):  # noqa: 
 
 def run_trainkit(model: str, steps: int, threads: int, augment: bool) -> dict:
     from trainkit import experiment, hparams
-    from trainkit.callbacks import TensorBoardLogger
+    from trainkit.callbacks import CSVLogger, TensorBoardLogger
+    from trainkit.console import ProgressPrinter
     from trainkit.diagnostics import Diagnostics
     from trainkit.loop import evaluate, fit
 
@@ -80,12 +83,15 @@ def run_trainkit(model: str, steps: int, threads: int, augment: bool) -> dict:
     with tempfile.TemporaryDirectory() as logdir:
         tb = TensorBoardLogger(Path(logdir), "", t.optimizer, cfg.trainer.log_every_n_steps,
                                hparams.collect(cfg), cfg.trainer.monitor)  # fmt: skip
-        callbacks = [tb, Diagnostics(cfg.diagnostics, t.model, tb.writer)]
+        callbacks = [ProgressPrinter(), tb, CSVLogger(Path(logdir) / "metrics.csv"),
+                     Diagnostics(cfg.diagnostics, t.model, tb.writer)]  # fmt: skip
         state = fit(t, dataset, callbacks)
         tb.close("completed")
     batch = cfg.trainer.eval_batch_size
+    timed = state.history[1:]
     return {
-        "train": state.history[-1]["samples_per_s"],
+        "train": sum(m["samples_per_s"] * m["train_time_s"] for m in timed)
+        / sum(m["train_time_s"] for m in timed),
         "eval": timed_eval(
             lambda: evaluate(t.model, dataset.test, t.normalize, t.loss_fn, batch),
             len(dataset.test),
@@ -127,13 +133,16 @@ def run_tutorial(model: str, steps: int, raw_root: str) -> dict:
 
     def train(n_steps: int) -> None:
         net.train()
-        for step, (X, y) in enumerate(train_loader):
-            if step == n_steps:
-                break
-            loss = loss_fn(net(X), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        step = 0
+        while step < n_steps:  # as many epochs as it takes
+            for X, y in train_loader:
+                if step == n_steps:
+                    break
+                loss = loss_fn(net(X), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                step += 1
 
     def test() -> None:
         net.eval()
@@ -165,7 +174,7 @@ def run_bare(model: str, steps: int, channels_last: bool, fused: bool) -> dict:
         X, net = X.to(memory_format=torch.channels_last), net.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused or None)
-    order = torch.randperm(len(y))
+    order = torch.cat([torch.randperm(len(y)) for _ in range(-(-(steps + 10) * BATCH // len(y)))])
 
     def train(n_steps: int) -> None:
         net.train()
@@ -204,17 +213,19 @@ def matmul_gflops() -> float:
 def child(loop: str, model: str, threads: int, raw_root: str) -> None:
     torch.set_num_threads(threads)
     steps = STEPS[model]
+    timed_steps = steps * TIMED_EPOCHS[model]
     if loop.startswith("trainkit"):
         result = run_trainkit(model, steps, threads, augment=loop.endswith("aug"))
     elif loop == "tutorial":
-        result = run_tutorial(model, steps, raw_root)
+        result = run_tutorial(model, timed_steps, raw_root)
     elif loop.startswith("bare"):
         best = loop == "bare+best"
         if best:
             from trainkit.runtime import keep_freed_memory
 
             keep_freed_memory()
-        result = run_bare(model, steps, best or loop == "bare+cl", best or loop == "bare+fused")
+        channels_last, fused = best or loop == "bare+cl", best or loop == "bare+fused"
+        result = run_bare(model, timed_steps, channels_last, fused)
     else:  # "peak"
         result = {"gflops": matmul_gflops()}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -265,7 +276,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--trainkit-overrides", default="",
+                        help="e.g. 'diagnostics=off trainer.channels_last=false'")  # fmt: skip
     args = parser.parse_args()
+    os.environ["BENCH_TRAINKIT_OVERRIDES"] = args.trainkit_overrides
 
     runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:

@@ -323,7 +323,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class TrainerConfig:
     epochs: int = 5
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)

@@ -49,6 +49,9 @@ def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
 class Diagnostics(Callback):
     def __init__(self, cfg: DictConfig, model: nn.Module, writer: SummaryWriter) -> None:
         self.cfg = cfg
+        # Read per step: plain ints, not config lookups (~10 us each, ~1% of an MLP step).
+        self.every = cfg.every_n_steps
+        self.norm_every = cfg.total_norm_every_n_steps
         self.model = model
         self.writer = writer
         self.layers = weighted_layers(model)
@@ -62,11 +65,11 @@ class Diagnostics(Callback):
 
     # -- every step: cheap, on the device
     def on_step_end(self, state: FitState) -> None:
-        if state.step % self.cfg.total_norm_every_n_steps == 0:
+        if state.step % self.norm_every == 0:
             grads = [p.grad for p in self.trainable if p.grad is not None]
             if grads:
                 self.total_norms.append((state.step, nn.utils.get_total_norm(grads)))
-        every = self.cfg.every_n_steps
+        every = self.every
         if state.step % every == 0:
             self.sample(state.step)
         if (state.step + 1) % every == 0:  # the next step is sampled: prepare to watch it
