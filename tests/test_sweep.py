@@ -76,7 +76,7 @@ def test_a_sweep_is_ranked_and_its_seeds_aggregated(
         assert float(row["best_val_acc"]) == pytest.approx(max(h["val_acc"] for h in history))
         assert float(row["final_val_loss"]) == pytest.approx(history[-1]["val_loss"], rel=1e-5)
         assert float(row["test_acc"]) == pytest.approx(summary["test"]["acc"])
-        assert int(row["epochs"]) == len(history) == 2
+        assert int(row["epochs_run"]) == len(history) == 2
 
     groups = read_csv(sweep_dir / "summary_by_config.csv")
     assert sorted(g["optimizer"] for g in groups) == ["adam", "sgd"]
@@ -348,3 +348,25 @@ def test_ranking_puts_failures_last_and_seeds_are_grouped() -> None:
     assert (mean, std) == (pytest.approx(0.675), pytest.approx(statistics.stdev([0.7, 0.65])))
     assert math.isnan(groups[0].stats([0.8])[1])  # one seed: no spread to report
     assert sweep.by_seed(jobs[:1], ["lr"]) == []  # no seed swept: nothing to aggregate
+
+
+def test_a_sweep_over_epochs_keeps_the_swept_value_and_the_epochs_run_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs = [fake_job(i, {"epochs": e, "seed": s}, [0.5] * int(e)) for i, (e, s) in
+            enumerate([("4", "0"), ("4", "1"), ("5", "0"), ("5", "1")])]  # fmt: skip
+    for job in jobs:
+        job.summary |= {"epochs_run": len(job.history()), "wall_time_s": 1.0}
+    keys = sweep.varied_keys(jobs)
+    report = sweep.Report(Path("sweep"), "val_acc", sweep.rank(jobs, "val_acc"), keys,
+                          sweep.rank_groups(sweep.by_seed(jobs, keys), "val_acc"))  # fmt: skip
+    rows = sweep.job_rows(report)
+    assert sorted((row["epochs"], row["epochs_run"]) for row in rows) == [
+        ("4", 4),
+        ("4", 4),
+        ("5", 5),
+        ("5", 5),
+    ]
+    sweep.print_report(report, [])  # the tables render
+    out = capsys.readouterr().out
+    assert "epochs run" in out and "mean ± std over seeds" in out

@@ -132,7 +132,7 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
     table = Table(title=f"sweep: {len(jobs)} jobs ranked by best {m}", title_justify="left")
     for name in ["#", *report.keys]:
         table.add_column(name)
-    for name in (f"best {m}", "best ep", "final val_loss", "test acc", "epochs", "time"):
+    for name in (f"best {m}", "best ep", "final val_loss", "test acc", "epochs run", "time"):
         table.add_column(name, justify="right")
     failures = [row for row in jobs if row["status"] != "completed"]
     if failures:
@@ -142,7 +142,7 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
         cells = [
             str(row["rank"]), *(row[k] for k in report.keys), _num(row[f"best_{m}"]),
             str(row["best_epoch"]), _num(row["final_val_loss"]), _num(row["test_acc"]),
-            str(row["epochs"]), f"{row['time_s']:.1f}s" if ok else "-",
+            str(row["epochs_run"]), f"{row['time_s']:.1f}s" if ok else "-",
         ]  # fmt: skip
         if failures:
             cells.append(row["status"])

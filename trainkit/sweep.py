@@ -226,7 +226,7 @@ def job_rows(report: Report) -> list[dict[str, Any]]:
             "final_val_acc": job.final("val_acc"),
             "test_acc": job.test("acc"),
             "test_loss": job.test("loss"),
-            "epochs": job.summary.get("epochs_run", ""),
+            "epochs_run": job.summary.get("epochs_run", ""),  # not "epochs": a key one may sweep
             "time_s": job.summary.get("wall_time_s", math.nan),
             "reason": job.reason,
         })  # fmt: skip
