@@ -262,26 +262,34 @@ _activation = activation  # the constructors' `activation` argument shadows the 
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of `model` in which every batch norm that directly follows a conv or
-    linear layer in a Sequential is folded into that layer: the same function with one layer
-    fewer to run (default CNN: ~18% faster evaluation). Forward hooks are not copied. A model
-    without batch norm is returned as it is."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    """`model` for evaluation, in eval mode. Where a batch norm directly follows a conv or linear
+    layer in a Sequential, an eval copy with the norm folded into that layer: the same function
+    with one layer fewer to run (default CNN: ~18% faster evaluation), without the original's
+    forward hooks. With nothing to fold, the model itself."""
+    if not any(_foldable_pairs(m) for m in model.modules()):
         return model.eval()
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
         module._forward_hooks.clear()
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:], strict=False):
+        for first, second in _foldable_pairs(module):
             layer, norm = module._modules[first], module._modules[second]
-            if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats):
-                continue
-            if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                module._modules[first] = fuse_conv_bn_eval(layer, norm)
-                module._modules[second] = nn.Identity()
-            elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
-                module._modules[first] = fuse_linear_bn_eval(layer, norm)
-                module._modules[second] = nn.Identity()
+            fuse = fuse_conv_bn_eval if isinstance(layer, nn.Conv2d) else fuse_linear_bn_eval
+            module._modules[first] = fuse(layer, norm)
+            module._modules[second] = nn.Identity()
     return folded
+
+
+def _foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """Names of (conv, BatchNorm2d) and (linear, BatchNorm1d) neighbours in a Sequential."""
+    if not isinstance(module, nn.Sequential):
+        return []
+    children = list(module._modules.items())
+    return [
+        (first, second)
+        for (first, layer), (second, norm) in zip(children, children[1:], strict=False)
+        if getattr(norm, "track_running_stats", False)
+        and (
+            (isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d))
+            or (isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d))
+        )
+    ]
