@@ -157,11 +157,35 @@ def test_batches_cover_every_sample_once_and_shuffle_by_generator() -> None:
     split = data.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
     plain = [y.tolist() for _, y in data.batches(split, 4)]
     assert plain == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    shuffled = [y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))]
-    flat = torch.cat(shuffled)
+    shuffled = list(data.shuffled_batches(split, 4, torch.Generator().manual_seed(0)))
+    assert [len(y) for _, _, y in shuffled] == [4, 4, 2]
+    flat = torch.cat([y for _, _, y in shuffled])
     assert sorted(flat.tolist()) == list(range(10)) and flat.tolist() != list(range(10))
-    again = torch.cat([y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))])
-    assert torch.equal(flat, again)
+    assert all(torch.equal(idx, y) for idx, _, y in shuffled)  # indices name the samples
+    again = data.shuffled_batches(split, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(flat, torch.cat([y for _, _, y in again]))
+
+
+@pytest.mark.parametrize("n, expected_steps", [(11, 3), (10, 2), (8, 2)])
+def test_ranks_split_every_global_batch_between_them(
+    n: int, expected_steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 ranks, global batch 4: each step's batch is shared out; a last batch too short to give
+    every rank a sample is dropped on all of them (n=11: 3 left over, kept; n=10: 2, dropped)."""
+    split = data.Split(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    per_rank = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        batches = data.shuffled_batches(split, 4, torch.Generator().manual_seed(0))
+        per_rank.append([y.tolist() for _, _, y in batches])
+    assert [len(steps) for steps in per_rank] == [expected_steps] * 3
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    whole = [
+        y.tolist() for _, _, y in data.shuffled_batches(split, 4, torch.Generator().manual_seed(0))
+    ]
+    for step, batch in enumerate(whole[:expected_steps]):  # the same samples one process uses
+        assert sum((steps[step] for steps in per_rank), []) == batch
 
 
 def test_classes_keeps_those_classes_relabelled_in_order(fmnist_slice: Path) -> None:

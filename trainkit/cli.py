@@ -65,6 +65,11 @@ def main() -> None:
         print("trainkit: stopped at once; checkpoints already written are intact "
               "(trainkit resume=<run dir> goes on from the last one)", file=sys.stderr)  # fmt: skip
         sys.exit(130)
+    finally:
+        if under_torchrun():
+            from trainkit import distributed
+
+            distributed.shutdown()
 
 
 def stop_sweep(e: SweepInterrupted) -> int:
@@ -86,12 +91,16 @@ def dispatch() -> None:
         sys.exit(resume(expand_aliases(sys.argv[1:])))
     if len(sys.argv) > 1 and sys.argv[1] == "compare":
         sys.exit(compare(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "study":
+        sys.exit(study(expand_aliases(sys.argv[2:])))
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(run_subcommand(sys.argv[1], expand_aliases(sys.argv[2:])))
     sys.argv[1:] = expand_aliases(sys.argv[1:])
     args = hydra._internal.utils.get_args_parser().parse_args()
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         errors = preflight(args.overrides, args.multirun)
+        if under_torchrun():
+            errors += join_torchrun(args.multirun)
         if errors:
             for line in errors:
                 print(f"trainkit: error: {line}", file=sys.stderr)
@@ -99,6 +108,30 @@ def dispatch() -> None:
     hydra_app()
     if FAILED_JOBS:  # the sweep finished the other jobs; its exit code still says some failed
         sys.exit(1)
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join_torchrun(multirun: bool) -> list[str]:
+    """One run across torchrun's processes (distributed.py): rank 0 writes the run dir; the
+    others get a throwaway one for Hydra's own files, and a silent console."""
+    if multirun:
+        return ["-m sweeps do not run under torchrun: launch one torchrun per job "
+                "(or sweep with hydra/launcher=submitit_slurm)"]  # fmt: skip
+    if os.environ.get("RANK", "0") != "0":
+        import atexit
+        import shutil
+        import tempfile
+
+        from trainkit import console
+
+        scratch = tempfile.mkdtemp(prefix=f"trainkit-rank{os.environ['RANK']}-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+        console.console.quiet = True
+    return []
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -191,9 +224,14 @@ def resume(args: list[str]) -> int:
         if len(targets) != 1 or any(a.startswith("-") for a in others):
             raise UserError("resume one run at a time: trainkit resume=outputs/<date>/<time>")
         cfg, run_dir, saved = resuming.load(targets[0], others)
-        resuming.log_to_run_dir(run_dir)
-        log.info("resumed from %s at epoch %d, step %d; later lines continue from there",
-                 targets[0], saved["epoch"], saved["step"])  # fmt: skip
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, the others stay quiet
+            resuming.log_to_run_dir(run_dir)
+            log.info("resumed from %s at epoch %d, step %d; later lines continue from there",
+                     targets[0], saved["epoch"], saved["step"])  # fmt: skip
+        else:
+            from trainkit import console
+
+            console.console.quiet = True
         run(cfg, run_dir, resume=saved)
     except UserError as e:
         report("trainkit", e)
@@ -201,6 +239,29 @@ def resume(args: list[str]) -> int:
     except Interrupted as e:
         print(f"trainkit: {e}", file=sys.stderr)
         return 128 + e.signum
+    return 0
+
+
+def study(args: list[str]) -> int:
+    """`trainkit study <name|all|list> [overrides]` (studies.py)."""
+    from trainkit import studies
+
+    if not args or args[0] == "list":
+        for name, spec in studies.STUDIES.items():
+            print(f"{name:16} {spec.claim}")
+        if not args:
+            print("trainkit study: error: name a study (above), or all", file=sys.stderr)
+        return 0 if args else 2
+    errors = preflight(args[1:], multirun=False)
+    for line in errors:
+        print(f"trainkit study: error: {line}", file=sys.stderr)
+    if errors:
+        return 2
+    try:
+        studies.run_studies(args[0], args[1:])
+    except UserError as e:
+        report("trainkit study", e)
+        return 2
     return 0
 
 

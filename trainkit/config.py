@@ -274,6 +274,7 @@ class AugmentConfig:
     translate: int = 0  # shift by up to this many pixels in x and in y
     rotate: float = 0.0  # rotate by up to this many degrees either way
     zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range
+    tta_hflip: bool = False  # evaluation (val, test) averages the logits of image and mirror
 
 
 @dataclass

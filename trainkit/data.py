@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from trainkit import distributed
 from trainkit.errors import UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -322,15 +323,19 @@ class Normalizer:
         return torch.addcmul(self.shift, x, self.scale)
 
 
-def batches(
-    split: Split, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) per batch, shuffled if given a generator; the last may be short."""
-    n = len(split)
-    if generator is None:
-        for start in range(0, n, batch_size):
-            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
-        return
-    order = torch.randperm(n, generator=generator).to(split.labels.device)
-    for idx in order.split(batch_size):
-        yield split.images[idx], split.labels[idx]
+def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) per batch, in order; the last may be short."""
+    for start in range(0, len(split), batch_size):
+        yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+
+
+def shuffled_batches(
+    split: Split, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(sample indices, uint8 images, labels) per optimizer step, in a fresh random order drawn
+    from `generator`; the last batch may be short. Under torchrun each rank gets its share of
+    every batch (distributed.shard), so `batch_size` is the global batch."""
+    order = torch.randperm(len(split), generator=generator).to(split.labels.device)
+    for step in range(distributed.global_batches(len(split), batch_size)):
+        idx = distributed.shard(order[step * batch_size : (step + 1) * batch_size])
+        yield idx, split.images[idx], split.labels[idx]

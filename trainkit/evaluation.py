@@ -51,8 +51,10 @@ def evaluate_checkpoint(
     normalize = data.Normalizer(run_cfg.data.mean, run_cfg.data.std, device)
     target = dataset.test if which == "test" else dataset.val
     batch = run_cfg.trainer.eval_batch_size
-    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch)
-    matrix = confusion_matrix(model, target, normalize, dataset.num_classes, batch)
+    # Runs saved before augment.tta_hflip existed have no such key.
+    hflip = bool(OmegaConf.select(run_cfg, "augment.tta_hflip", default=False))
+    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, hflip)
+    matrix = confusion_matrix(model, target, normalize, dataset.num_classes, batch, hflip)
     result = {
         "checkpoint": str(path),
         "epoch": saved["epoch"],

@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, hparams, runtime, transfer
+from trainkit import console, data, distributed, hparams, runtime, transfer
 from trainkit import resume as resume_run
 from trainkit.augment import Augment
-from trainkit.callbacks import Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
+from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
 from trainkit.diagnostics import Diagnostics
 from trainkit.errors import Interrupted, UserError, first_line
@@ -128,7 +128,8 @@ def summarize(
             "test": len(dataset.test),
         },
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # per process
+        "distributed": distributed.describe(),
     }
 
 
@@ -158,10 +159,11 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     augment = Augment(cfg.augment)
     autocast = runtime.autocast_dtype(cfg.trainer.precision, device)
     scaler = torch.amp.GradScaler(device.type) if autocast is torch.float16 else None
+    forward = distributed.wrap(model, device) if distributed.enabled() else model
     training = Training(
         model, build_loss(cfg.loss), optimizer, scheduler, cfg.scheduler.interval, normalize,
         augment if augment.active else None, cfg.regularization, cfg.trainer, autocast, scaler,
-        torch.compile(model) if cfg.trainer.compile else None,
+        torch.compile(forward) if cfg.trainer.compile else forward, cfg.augment.tta_hflip,
     )  # fmt: skip
     return dataset, training
 
@@ -170,6 +172,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary.
     With `resume` (a checkpoint of this run, see resume.py), go on from where it was saved."""
     start = time.perf_counter()
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes files and prints
     console.print_config(cfg)
     dataset, training = build(cfg)
     model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
@@ -183,6 +186,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         }
 
     resumed = resume is not None
+    if not main:
+        return run_other_rank(cfg, dataset, training, resume)
     if resumed:
         resume_run.take_back_later_outputs(run_dir, resume)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -195,8 +200,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     if cfg.diagnostics.enabled:
         diagnostics = Diagnostics(cfg.diagnostics, model, tensorboard.writer)
         callbacks.append(diagnostics)
-    if cfg.regularization.early_stopping.enabled:
-        callbacks.append(EarlyStopping(cfg.regularization.early_stopping, model))
+    callbacks += deciding_callbacks(cfg, model)
     checkpointer = Checkpointer(
         run_dir / "checkpoints", snapshot, resolved, cfg.trainer.checkpoint_every_n_epochs, resumed
     )
@@ -221,10 +225,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         raise
     if state.interrupted:
         stop_interrupted(state, checkpointer, tensorboard, run_dir, dataset, model, start)
+    batch, hflip = cfg.trainer.eval_batch_size, training.tta_hflip
     test = (
-        evaluate(
-            model, dataset.test, training.normalize, training.loss_fn, cfg.trainer.eval_batch_size
-        )
+        evaluate(model, dataset.test, training.normalize, training.loss_fn, batch, hflip)
         if diverged is None
         else {"loss": math.nan, "acc": math.nan}
     )
@@ -233,7 +236,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         from trainkit import plots  # matplotlib: 0.4 s to import, needed only here
 
         matrix = confusion_matrix(model, dataset.test, training.normalize, dataset.num_classes,
-                                  cfg.trainer.eval_batch_size)  # fmt: skip
+                                  batch, hflip)  # fmt: skip
         summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
         if pictures:
             figure = plots.confusion_figure(matrix, dataset.class_names)
@@ -249,6 +252,41 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     if diverged is not None:
         raise UserError(f"{diverged}; the last good checkpoint is {run_dir}/checkpoints/last.pt")
     return summary
+
+
+def deciding_callbacks(cfg: DictConfig, model: nn.Module) -> list[Callback]:
+    """The callbacks that change how training goes (all others only watch): every rank runs
+    them, on the same all-reduced metrics, so all ranks decide alike."""
+    if cfg.regularization.early_stopping.enabled:
+        return [EarlyStopping(cfg.regularization.early_stopping, model)]
+    return []
+
+
+def run_other_rank(
+    cfg: DictConfig, dataset: data.Data, training: Training, resume: dict | None
+) -> dict:
+    """A rank other than 0 under torchrun: the same training and evaluation steps as rank 0
+    (collectives need every rank), and no files, no console."""
+    callbacks = deciding_callbacks(cfg, training.model)
+    state = None
+    if resume is not None:
+        state = resume_run.restore(resume, training, callbacks, dataset.train.labels.device)
+        if state.progress is not None:  # rank 0 carries the interrupted epoch's sums
+            state.progress.forget_totals()
+        # The checkpoint holds rank 0's random state: this rank augments differently.
+        torch.manual_seed(cfg.trainer.seed + 1000 * distributed.rank() + state.step)
+    try:
+        state = fit(training, dataset, callbacks, state)
+    except Diverged as e:
+        raise UserError(str(e)) from None
+    if state.interrupted:
+        raise Interrupted(state.interrupted, f"rank {distributed.rank()} stopped")
+    batch, hflip = cfg.trainer.eval_batch_size, training.tta_hflip
+    test = evaluate(training.model, dataset.test, training.normalize, training.loss_fn, batch,
+                    hflip)  # fmt: skip
+    confusion_matrix(training.model, dataset.test, training.normalize, dataset.num_classes,
+                     batch, hflip)  # fmt: skip
+    return {"best": state.best, "test": test}
 
 
 def preview_augmentation(dataset: data.Data, training: Training, tb: TensorBoardLogger) -> None:

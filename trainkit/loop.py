@@ -23,9 +23,10 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from trainkit import distributed
 from trainkit.augment import Augment
 from trainkit.callbacks import Callback
-from trainkit.data import Data, Normalizer, Split, batches
+from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
 from trainkit.models import inference_copy
 from trainkit.schedule import current_momentum
 
@@ -62,6 +63,28 @@ class EpochProgress:
     def state_dict(self) -> dict:
         return dict(vars(self))
 
+    def merge_ranks(self, everywhere: bool) -> None:
+        """Under torchrun, at the same step on every rank: the data-loss sums, correct counts
+        and sample counts since the last merge are summed onto rank 0, and the other ranks
+        start again from zero, so rank 0 (which reports and checkpoints) holds the epoch's
+        totals; `everywhere`: every rank keeps the totals (an epoch's end). The ranks also
+        agree on the first NaN loss. The other sums (penalties, gradient norm) are the same
+        on every rank already."""
+        if not distributed.enabled():
+            return
+        seen = torch.tensor(self.seen, device=self.correct.device)
+        loss, correct, seen = distributed.all_sum(self.sums["loss"], self.correct, seen)
+        (self.nonfinite_at,) = distributed.all_max(self.nonfinite_at)
+        self.sums["loss"], self.correct, self.seen = loss, correct, int(seen)
+        if not (everywhere or distributed.is_main()):
+            self.forget_totals()
+
+    def forget_totals(self) -> None:
+        """Zero this rank's data-loss sum and counts: rank 0 holds the totals."""
+        self.sums["loss"] = torch.zeros_like(self.sums["loss"])
+        self.correct = torch.zeros_like(self.correct)
+        self.seen = 0
+
     @classmethod
     def from_state_dict(cls, saved: dict, device: torch.device) -> EpochProgress:
         """From a checkpoint (loaded to the CPU): the running sums go back to the device."""
@@ -84,6 +107,7 @@ class FitState:
     generator: torch.Generator = field(default_factory=torch.Generator)  # the batch order
     progress: EpochProgress | None = None  # the epoch running; None between epochs
     interrupted: int = 0  # the signal (SIGINT, SIGTERM) that asked to stop; 0 if none
+    batch_indices: torch.Tensor | None = None  # the step's samples (their index in the split)
     last_loss: torch.Tensor | None = None  # the last step's data loss, on the device (no sync)
     running_loss: float = float("nan")  # mean train loss so far this epoch, refreshed at the
     # epoch's first step and then every trainer.log_every_n_steps
@@ -92,6 +116,14 @@ class FitState:
     improved: bool = False  # this epoch set a new best
     stop: bool = False
     stop_reason: str | None = None
+
+    def agree_to_stop(self, device: torch.device) -> int:
+        """The signal to stop on, agreed between torchrun's ranks (each may have been told at a
+        different step; all must stop at the same one). Alone: `interrupted` as it is."""
+        if distributed.enabled():
+            (agreed,) = distributed.all_max(torch.tensor(self.interrupted, device=device))
+            self.interrupted = int(agreed)
+        return self.interrupted
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps to go on from here (last_loss, running_loss: display only)."""
@@ -139,6 +171,7 @@ class Training:
     autocast: torch.dtype | None = None  # trainer.precision's dtype for forward and loss
     scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling keeps small gradients
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled model, if asked
+    tta_hflip: bool = False  # evaluation averages each image's logits with its mirror's
 
     def __post_init__(self) -> None:
         self.penalized = weight_tensors(self.model)
@@ -173,7 +206,6 @@ def train_epoch(
     else:  # the same order as before the interruption
         generator.set_state(state.progress.order_rng)
     p = state.progress
-    sums = p.sums
     # Plain values, read once: a config attribute costs ~10 us, and a step of the MLP ~2 ms.
     l1, l2 = reg.l1, reg.l2
     clip_norm, clip_value = reg.clip_grad_norm, reg.clip_grad_value
@@ -181,13 +213,19 @@ def train_epoch(
     step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
     augment, normalize, optimizer, forward = t.augment, t.normalize, t.optimizer, t.forward
     precision, scaler = t.precision_context(device), t.scaler
-    for i, (images, labels) in enumerate(batches(train, t.trainer.batch_size, generator)):
+    # Alone, a signal stops the run after the step in flight; under torchrun, at the next
+    # merge of the ranks' sums, where they agree on it.
+    ranks = distributed.enabled()
+    stop_signal = 0
+    stream = shuffled_batches(train, t.trainer.batch_size, generator)
+    for i, (idx, images, labels) in enumerate(stream):
         if i < p.batches_done:  # trained before the interruption
             continue
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
             break
-        if state.interrupted:  # the step in flight has finished: stop before the next one
+        if stop_signal or (state.interrupted and not ranks):
             return None
+        sums = p.sums  # a merge of the ranks replaces the tensors
         x = augment(images) if augment is not None else images
         with precision:
             logits = forward(normalize(x))
@@ -225,22 +263,28 @@ def train_epoch(
         bad = ~torch.isfinite(loss.detach()) & (p.nonfinite_at < 0)
         p.nonfinite_at = torch.where(bad, state.step, p.nonfinite_at)
         state.last_loss = data_loss.detach()
+        state.batch_indices = idx
         sums["loss"] += data_loss.detach() * len(labels)
         p.correct += (logits.argmax(dim=1) == labels).sum()
         p.seen += len(labels)
-        if i % log_every == 0:
-            state.running_loss = sums["loss"].item() / p.seen  # a sync point: once per interval
+        if i % log_every == 0:  # a sync point: once per interval
+            if ranks:
+                p.merge_ranks(everywhere=False)
+                stop_signal = state.agree_to_stop(device)
+            if p.seen:  # 0 on ranks other than 0 just after a merge
+                state.running_loss = p.sums["loss"].item() / p.seen
             stop_if_diverged(p.nonfinite_at, optimizer, state)
         for cb in callbacks:
             cb.on_step_end(state)
         if state.stop:  # a callback (lr-find) asked to end mid-epoch
             break
+    p.merge_ranks(everywhere=True)
     stop_if_diverged(p.nonfinite_at, t.optimizer, state)
     steps = max(1, p.batches_done)
-    out = {"loss": sums["loss"].item() / p.seen, "acc": p.correct.item() / p.seen,
+    out = {"loss": p.sums["loss"].item() / p.seen, "acc": p.correct.item() / p.seen,
            "samples": p.seen}  # fmt: skip
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
-    out |= {key: sums[key].item() / steps for key, enabled in on.items() if enabled}
+    out |= {key: p.sums[key].item() / steps for key, enabled in on.items() if enabled}
     return out
 
 
@@ -273,37 +317,56 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
             module.eval()
 
 
+def predict(model: nn.Module, x: torch.Tensor, hflip: bool = False) -> torch.Tensor:
+    """Logits for a normalized batch; with `hflip`, the mean of the image's and its mirror's
+    (test-time augmentation for data whose classes are mirror-symmetric)."""
+    logits = model(x)
+    if hflip:
+        logits = (logits + model(x.flip(-1))) / 2
+    return logits
+
+
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, split: Split, normalize: Normalizer, loss_fn: LossFn, batch_size: int
-) -> dict[str, float]:
-    """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats)."""
+    model: nn.Module, split: Split, normalize: Normalizer, loss_fn: LossFn, batch_size: int,
+    hflip: bool = False,
+) -> dict[str, float]:  # fmt: skip
+    """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats).
+    Under torchrun each rank evaluates its share and the sums are all-reduced."""
     model = inference_copy(model)
     device = split.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for images, labels in batches(split, batch_size):
-        logits = model(normalize(images))
+    for images, labels in batches(rank_share(split), batch_size):
+        logits = predict(model, normalize(images), hflip)
         loss_sum += loss_fn(logits, labels) * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
+    loss_sum, correct = distributed.all_sum(loss_sum, correct)
     return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+
+
+def rank_share(split: Split) -> Split:
+    share = distributed.part(len(split))
+    return Split(split.images[share], split.labels[share])
 
 
 @torch.inference_mode()
 def confusion_matrix(
-    model: nn.Module, split: Split, normalize: Normalizer, num_classes: int, batch_size: int
-) -> torch.Tensor:
+    model: nn.Module, split: Split, normalize: Normalizer, num_classes: int, batch_size: int,
+    hflip: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """[true, predicted] counts over `split`."""
     model = inference_copy(model)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=split.labels.device)
-    for images, labels in batches(split, batch_size):
-        predicted = model(normalize(images)).argmax(dim=1)
+    for images, labels in batches(rank_share(split), batch_size):
+        predicted = predict(model, normalize(images), hflip).argmax(dim=1)
         counts += torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
+    (counts,) = distributed.all_sum(counts)
     return counts.view(num_classes, num_classes)
 
 
 def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
-    steps = -(-n_train // trainer.batch_size)  # the last, short batch counts
+    steps = distributed.global_batches(n_train, trainer.batch_size)
     if trainer.max_steps_per_epoch is not None:
         steps = min(steps, trainer.max_steps_per_epoch)
     return steps
@@ -333,9 +396,10 @@ def fit(
         cb.on_fit_start(state)
 
     first = state.epoch if state.progress is not None else state.epoch + 1
+    device = data.train.labels.device
     with stop_on_signals(state):
         for epoch in range(first, trainer.epochs + 1):
-            if state.interrupted:  # between epochs: the last checkpoint already says it all
+            if state.agree_to_stop(device):  # between epochs: the last checkpoint says it all
                 break
             state.epoch = epoch
             for cb in callbacks:
@@ -349,7 +413,9 @@ def fit(
                 break
             train_time = progress.train_time_s + time.perf_counter() - start
             state.progress = None
-            val = evaluate(t.model, data.val, t.normalize, t.loss_fn, trainer.eval_batch_size)
+            distributed.sync_buffers(t.model)  # one model to evaluate and checkpoint
+            val = evaluate(t.model, data.val, t.normalize, t.loss_fn, trainer.eval_batch_size,
+                           t.tta_hflip)  # fmt: skip
             if t.scheduler is not None and t.scheduler_interval == "epoch":
                 if isinstance(t.scheduler, ReduceLROnPlateau):
                     t.scheduler.step(val["loss"])

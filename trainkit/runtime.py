@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from trainkit import distributed
 from trainkit.errors import UserError
 
 
@@ -88,7 +89,12 @@ def setup(trainer: DictConfig) -> torch.device:
     process and must not inherit each other's threads or determinism.
     """
     device = pick_device(trainer.device)
-    seed_everything(trainer.seed)
+    if distributed.enabled():  # started by torchrun: one GPU per local rank, or CPU processes
+        if device.type == "cuda":
+            device = torch.device("cuda", distributed.local_rank())
+        distributed.init(device)
+    # Ranks draw different augmentations and dropout masks; rank 0 (alone: the only) the seed's.
+    seed_everything(trainer.seed + 1000 * distributed.rank())
     torch.set_num_threads(trainer.threads or DEFAULT_THREADS)
     if trainer.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic; harmless on CPU.
