@@ -192,3 +192,29 @@ def test_penalties_and_grad_norm_reach_metrics_and_tensorboard(
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert {"loss/l1", "loss/l2", "grad_norm/preclip"} <= set(events.Tags()["scalars"])
+
+
+def test_test_time_mirroring_averages_the_logits_of_image_and_mirror() -> None:
+    from trainkit.loop import predict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.randn(5, 1, 3, 4)
+    expected = (model(x) + model(x.flip(-1))) / 2
+    torch.testing.assert_close(predict(model, x, hflip=True), expected)
+    torch.testing.assert_close(predict(model, x), model(x))
+    assert not torch.allclose(expected, model(x))
+
+
+@pytest.mark.parametrize(("augment", "warned"), [("none", True), ("flip", False)])
+def test_mirroring_at_test_time_warns_when_training_never_mirrors(
+    augment: str, warned: bool, fmnist_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainkit.experiment import build
+
+    cfg = compose_config([f"data.root={fmnist_slice}", "data.val_size=200", f"augment={augment}",
+                          "augment.tta_hflip=true"])  # fmt: skip
+    _, training = build(cfg)
+    assert training.tta_hflip
+    out = capsys.readouterr().out
+    assert ("test-time mirroring is likely to hurt" in out) == warned

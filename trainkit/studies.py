@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -63,6 +64,7 @@ class Finding:
     numbers: dict
     profiles: dict[str, list[float]] = field(default_factory=dict)
     profile_label: str = ""
+    extra: Callable[[plt.Axes], None] | None = None  # draws one more panel of its own
 
 
 @dataclass
@@ -294,7 +296,19 @@ def learning_curves(runs: dict[str, Run], user: list[str]) -> Finding:
                      f"samples, {by_size[large]['gap']:+.3f} at {large:,}; val loss "
                      f"{by_size[large]['val_loss']:.3f} at {large:,}")  # fmt: skip
     numbers = {model: {str(n): v for n, v in by_size.items()} for model, by_size in points.items()}
-    return Finding("; ".join(parts), numbers)
+
+    def against_size(ax: plt.Axes) -> None:
+        for (model, by_size), colour in zip(points.items(), ("tab:blue", "tab:red"), strict=False):
+            sizes = sorted(by_size)
+            for key, style in (("train_loss", "--o"), ("val_loss", "-s")):
+                values = [by_size[n][key] for n in sizes]
+                ax.plot(sizes, values, style, color=colour, ms=4, label=f"{model} {key}")
+        ax.set(xscale="log", xlabel="training-set size", ylabel="loss (last epoch)",
+               title="learning curves")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+    return Finding("; ".join(parts), numbers, extra=against_size)
 
 
 PATIENCE = 3
@@ -439,29 +453,33 @@ STUDIES: dict[str, Study] = {
             for name, hidden in (("small_mlp_[8]", "[8]"), ("large_mlp_[1024,1024]", "[1024,1024]"))
             for n in SIZES
         },
-        ["train_loss", "val_loss"],
+        [],  # the figure plots against size instead (Finding.extra)
         learning_curves,
     ),  # fmt: skip
 }
 
 
 def figure(name: str, study: Study, runs: dict[str, Run], finding: Finding, path: Path) -> None:
-    panels = len(study.panels) + (1 if finding.profiles else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    panels = len(study.panels) + (1 if finding.profiles else 0) + (1 if finding.extra else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(max(5 * panels, 9), 4), squeeze=False)
     for ax, metric in zip(axes[0], study.panels, strict=False):
         for label, r in runs.items():
             epochs = [h["epoch"] for h in r.history]
             ax.plot(epochs, [h[metric] for h in r.history], "-o", ms=3, label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if finding.profiles:
-        ax = axes[0][-1]
+        ax = axes[0][len(study.panels)]
         for label, values in finding.profiles.items():
             ax.plot(range(1, len(values) + 1), values, "-o", ms=3, label=label)
         ax.set(xlabel="layer", ylabel=finding.profile_label, yscale="log",
                title=finding.profile_label)  # fmt: skip
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    if finding.extra is not None:
+        finding.extra(axes[0][-1])
+    if study.panels:
+        axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{name}: {study.claim}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
