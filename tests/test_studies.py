@@ -105,3 +105,10 @@ def test_learning_curves_show_the_large_model_overfitting_small_data(study) -> N
     smallest = min(n["large_mlp_[1024,1024]"], key=int)
     large_gap = n["large_mlp_[1024,1024]"][smallest]["gap"]
     assert large_gap > n["small_mlp_[8]"][smallest]["gap"]
+
+
+def test_an_unknown_study_is_one_line_naming_the_known_ones() -> None:
+    from trainkit.errors import UserError
+
+    with pytest.raises(UserError, match="study 'nope' unknown: choose one of symmetry, init_scale"):
+        studies.run_studies("nope", [])

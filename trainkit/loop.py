@@ -68,8 +68,8 @@ class EpochProgress:
         and sample counts since the last merge are summed onto rank 0, and the other ranks
         start again from zero, so rank 0 (which reports and checkpoints) holds the epoch's
         totals; `everywhere`: every rank keeps the totals (an epoch's end). The ranks also
-        agree on the first NaN loss. The other sums (penalties, gradient norm) are the same
-        on every rank already."""
+        agree that a loss became NaN (at the latest of the steps where each rank first saw
+        one). The other sums (penalties, gradient norm) are the same on every rank already."""
         if not distributed.enabled():
             return
         seen = torch.tensor(self.seen, device=self.correct.device)
