@@ -200,3 +200,14 @@ def test_classes_keeps_those_classes_relabelled_in_order(fmnist_slice: Path) -> 
     )
     with pytest.raises(UserError, match=r"data.classes=\[3, 3\]: list distinct labels"):
         data.load(data_cfg(fmnist_slice, classes=[3, 3]), torch.device("cpu"))
+
+
+def test_evaluation_shares_cover_a_split_once_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainkit import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    shares = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        shares.append(list(range(10))[distributed.part(10)])
+    assert shares == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]

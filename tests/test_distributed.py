@@ -108,7 +108,8 @@ def test_a_stopped_ddp_run_resumes_to_the_same_numbers(
     # SIGTERM to rank 0 after step 13 (epoch 2): the ranks agree to stop at the next merge
     stopped = torchrun(tmp_path, [str(TESTS / "signal_at_step.py"), "TERM", "13"], args)
     assert stopped.returncode != 0
-    assert "go on with: trainkit resume=" in stopped.stderr
+    assert "go on with: torchrun --nproc_per_node=2 -m trainkit resume=" in stopped.stderr
+    assert stopped.stderr.count("SIGTERM: stopping after this step") == 1  # rank 0 speaks
     run_dir = tmp_path / "outputs/run"
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["status"] == "interrupted" and "epoch 2, step 14" in saved["stop_reason"]
@@ -133,3 +134,34 @@ def test_two_processes_reach_the_accuracy_of_one_with_the_same_global_batch(
     assert summary["dataset"]["train"] == one["dataset"]["train"] == 55_000
     assert summary["final"]["val_acc"] == pytest.approx(one["final"]["val_acc"], abs=0.005)
     assert one["final"]["val_acc"] > 0.8
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize("command", ["study", "lr-find", "compare"])
+def test_subcommands_are_refused_under_torchrun_in_one_line(
+    command: str, rank: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainkit.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(sys, "argv", ["trainkit", command, "symmetry"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    expected = f"trainkit: error: `trainkit {command}` does not run under torchrun"
+    assert err.startswith(expected) if rank == "0" else err == ""  # rank 0 alone says it
+
+
+def test_fewer_samples_than_processes_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from trainkit.errors import UserError
+    from trainkit.loop import steps_per_epoch
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    trainer = OmegaConf.create({"batch_size": 128, "max_steps_per_epoch": None})
+    assert steps_per_epoch(3, trainer) == 1
+    with pytest.raises(UserError, match="2 training samples cannot be shared between 3 proc"):
+        steps_per_epoch(2, trainer)

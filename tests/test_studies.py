@@ -112,3 +112,10 @@ def test_an_unknown_study_is_one_line_naming_the_known_ones() -> None:
 
     with pytest.raises(UserError, match="study 'nope' unknown: choose one of symmetry, init_scale"):
         studies.run_studies("nope", [])
+
+
+def test_a_diverged_variant_is_a_result_not_a_crash(fmnist_slice: Path, tmp_path: Path) -> None:
+    overrides = [f"data.root={fmnist_slice}", *TINY, "lr=1e4", "epochs=1"]
+    result = studies.run_study("momentum", overrides, tmp_path / "momentum")
+    assert "nan" in result["result"]  # both variants' losses: NaN, said plainly
+    assert (tmp_path / "momentum" / "momentum.png").exists()

@@ -87,6 +87,13 @@ def stop_sweep(e: SweepInterrupted) -> int:
 
 
 def dispatch() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if under_torchrun() and command in ("compare", "study", *SUBCOMMANDS):
+        if is_rank_zero():
+            message = (f"`trainkit {command}` does not run under torchrun: run it as a plain "
+                       "command (torchrun is for one training run)")  # fmt: skip
+            print(f"trainkit: error: {message}", file=sys.stderr)
+        sys.exit(2)
     if any(arg.startswith("resume=") for arg in sys.argv[1:]):
         sys.exit(resume(expand_aliases(sys.argv[1:])))
     if len(sys.argv) > 1 and sys.argv[1] == "compare":
@@ -102,7 +109,7 @@ def dispatch() -> None:
         if under_torchrun():
             errors += join_torchrun(args.multirun)
         if errors:
-            for line in errors:
+            for line in errors if is_rank_zero() else []:  # under torchrun: once, not per rank
                 print(f"trainkit: error: {line}", file=sys.stderr)
             sys.exit(2)
     hydra_app()
@@ -114,13 +121,18 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_rank_zero() -> bool:
+    """Rank 0 of torchrun's processes, or the only process: the one that speaks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def join_torchrun(multirun: bool) -> list[str]:
     """One run across torchrun's processes (distributed.py): rank 0 writes the run dir; the
     others get a throwaway one for Hydra's own files, and a silent console."""
     if multirun:
         return ["-m sweeps do not run under torchrun: launch one torchrun per job "
                 "(or sweep with hydra/launcher=submitit_slurm)"]  # fmt: skip
-    if os.environ.get("RANK", "0") != "0":
+    if not is_rank_zero():
         import atexit
         import shutil
         import tempfile
@@ -158,7 +170,8 @@ def hydra_app(cfg: DictConfig) -> float:
         log.info("%s", e)
         if in_sweep:  # the rest of the sweep stops too (main.stop_sweep)
             raise SweepInterrupted(e.signum, str(e), hydra_cfg.sweep.dir) from None
-        print(f"trainkit: {e}", file=sys.stderr)
+        if is_rank_zero():  # under torchrun, rank 0 says where it stopped and how to go on
+            print(f"trainkit: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except UserError as e:
         log.error("%s", e)
@@ -224,7 +237,7 @@ def resume(args: list[str]) -> int:
         if len(targets) != 1 or any(a.startswith("-") for a in others):
             raise UserError("resume one run at a time: trainkit resume=outputs/<date>/<time>")
         cfg, run_dir, saved = resuming.load(targets[0], others)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, the others stay quiet
+        if is_rank_zero():  # under torchrun, the others stay quiet
             resuming.log_to_run_dir(run_dir)
             log.info("resumed from %s at epoch %d, step %d; later lines continue from there",
                      targets[0], saved["epoch"], saved["step"])  # fmt: skip
@@ -237,7 +250,8 @@ def resume(args: list[str]) -> int:
         report("trainkit", e)
         return 2
     except Interrupted as e:
-        print(f"trainkit: {e}", file=sys.stderr)
+        if is_rank_zero():
+            print(f"trainkit: {e}", file=sys.stderr)
         return 128 + e.signum
     return 0
 
@@ -262,6 +276,11 @@ def study(args: list[str]) -> int:
     except UserError as e:
         report("trainkit study", e)
         return 2
+    except Interrupted as e:  # the variant in flight saved last.pt; the study has no result
+        message = (f"{e} (that variant alone); the study stopped before its figure and result: "
+                   f"run `trainkit study {args[0]}` again for them")  # fmt: skip
+        print(f"trainkit study: {message}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

@@ -61,6 +61,13 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def launcher() -> str:
+    """How to start the same number of processes again: for messages that say how to go on."""
+    if not enabled():
+        return ""
+    return f"torchrun --nproc_per_node={local_world_size()} -m "
+
+
 def describe() -> dict | None:
     """For summary.json: how many processes trained, and over what; None for one process."""
     if not dist.is_initialized():

@@ -324,5 +324,6 @@ def stop_interrupted(
     tb.close("interrupted")
     console.console.print(f"saved {path}", highlight=False, soft_wrap=True)
     raise Interrupted(
-        state.interrupted, f"{state.stop_reason}; go on with: trainkit resume={run_dir}"
+        state.interrupted,
+        f"{state.stop_reason}; go on with: {distributed.launcher()}trainkit resume={run_dir}",
     )

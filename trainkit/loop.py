@@ -27,6 +27,7 @@ from trainkit import distributed
 from trainkit.augment import Augment
 from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
+from trainkit.errors import UserError
 from trainkit.models import inference_copy
 from trainkit.schedule import current_momentum
 
@@ -367,6 +368,10 @@ def confusion_matrix(
 
 def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
     steps = distributed.global_batches(n_train, trainer.batch_size)
+    if steps == 0:  # only under torchrun: fewer samples than ranks
+        raise UserError(f"{n_train} training samples cannot be shared between "
+                        f"{distributed.world_size()} processes: use more data (data.train_size) "
+                        "or fewer processes")  # fmt: skip
     if trainer.max_steps_per_epoch is not None:
         steps = min(steps, trainer.max_steps_per_epoch)
     return steps
@@ -459,8 +464,9 @@ def stop_on_signals(state: FitState) -> Iterator[None]:
         if state.interrupted:
             raise KeyboardInterrupt
         state.interrupted = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step to save last.pt "
-              "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)  # fmt: skip
+        if distributed.is_main():  # under torchrun every rank is told; one says so
+            print(f"\n{signal.Signals(signum).name}: stopping after this step to save last.pt "
+                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)  # fmt: skip
 
     watched = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.signal(signum, handler) for signum in watched}

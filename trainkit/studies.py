@@ -51,6 +51,13 @@ class Run:
     def last(self, key: str) -> float:
         return self.history[-1][key] if self.history else math.nan
 
+    def first(self, key: str) -> float:
+        """After epoch 1; NaN for a variant that diverged before finishing one."""
+        return self.history[0][key] if self.history else math.nan
+
+    def lowest(self, key: str) -> float:
+        return min((h[key] for h in self.history), default=math.nan)
+
     def weights(self) -> dict[str, torch.Tensor]:
         return checkpoint.load(self.run_dir / "checkpoints" / "last.pt")["model"]
 
@@ -231,7 +238,7 @@ def learning_rate(runs: dict[str, Run], user: list[str]) -> Finding:
 
 def compare_losses(metric: str, what: str) -> Callable[[dict[str, Run], list[str]], Finding]:
     def finding(runs: dict[str, Run], user: list[str]) -> Finding:
-        first = {k: r.history[0][metric] for k, r in runs.items()}
+        first = {k: r.first(metric) for k, r in runs.items()}
         last = {k: r.last(metric) for k, r in runs.items()}
         epochs = len(next(iter(runs.values())).history)
         result = f"{what} after epoch 1: {listing(first)}; after {epochs}: {listing(last)}"
@@ -245,7 +252,7 @@ def overfitting_gap(runs: dict[str, Run], user: list[str]) -> Finding:
     result = (f"train-val accuracy gap at the last epoch: {listing(gaps, '+.3f')}; "
               f"val acc: {accuracies(runs)}")  # fmt: skip
     return Finding(result, {"gap": gaps, "val_acc": {k: r.last("val_acc") for k, r in runs.items()},
-                            "best_val_loss": {k: min(h["val_loss"] for h in r.history)
+                            "best_val_loss": {k: r.lowest("val_loss")
                                               for k, r in runs.items()}})  # fmt: skip
 
 
@@ -264,6 +271,8 @@ def sparsity(runs: dict[str, Run], user: list[str]) -> Finding:
 
 def early_stopping(runs: dict[str, Run], user: list[str]) -> Finding:
     full, stopped = runs["no_early_stopping"], runs["early_stopping"]
+    if full.failed or stopped.failed:
+        return Finding(f"a run diverged ({full.failed or stopped.failed}): nothing to compare", {})
     best_epoch = int(min(full.history, key=lambda h: h["val_loss"])["epoch"])
     stop_epoch = len(stopped.history)
     restored = int(stopped.summary["best"]["epoch"]) if stopped.summary.get("best") else 0
@@ -276,8 +285,8 @@ def early_stopping(runs: dict[str, Run], user: list[str]) -> Finding:
 
 def batch_norm(runs: dict[str, Run], user: list[str]) -> Finding:
     result = ("val acc after epoch 1 / last: " + "; ".join(
-        f"{k} {r.history[0]['val_acc']:.3f} / {fmt_acc(r)}" for k, r in runs.items()))  # fmt: skip
-    return Finding(result, {k: {"epoch1_val_acc": r.history[0]["val_acc"] if r.history else None,
+        f"{k} {r.first('val_acc'):.3f} / {fmt_acc(r)}" for k, r in runs.items()))  # fmt: skip
+    return Finding(result, {k: {"epoch1_val_acc": r.first("val_acc"),
                                 "last_val_acc": r.last("val_acc"), "failed": r.failed is not None}
                             for k, r in runs.items()})  # fmt: skip
 
@@ -286,6 +295,8 @@ def learning_curves(runs: dict[str, Run], user: list[str]) -> Finding:
     points: dict[str, dict[int, dict]] = {}
     for label, r in runs.items():
         model, _, size = label.partition("@")
+        if not r.history:  # diverged in its first epoch: no point on the curve
+            continue
         points.setdefault(model, {})[r.summary["dataset"]["train"]] = {
             "train_loss": r.last("train_loss"), "val_loss": r.last("val_loss"),
             "gap": r.last("val_loss") - r.last("train_loss")}  # fmt: skip
