@@ -163,8 +163,11 @@ def symmetry(runs: dict[str, Run], user: list[str]) -> Finding:
     return Finding(result, {"identical_units": counts, "hidden": n})
 
 
-def grad_profiles(rows: dict[str, list]) -> dict[str, list[float]]:
-    return {label: [row["grad_std"] for row in layer_rows] for label, layer_rows in rows.items()}
+def profiles_at_init(name: str, user: list[str], key: str) -> dict[str, list[float]]:
+    """Per variant of study `name`, init_report's `key` (grad_std, act_std) per layer at step 0."""
+    study = STUDIES[name]
+    rows = at_init(user, study.variants, study.base)
+    return {label: [row[key] for row in layer_rows] for label, layer_rows in rows.items()}
 
 
 def first_to_last(profile: list[float]) -> float:
@@ -173,38 +176,33 @@ def first_to_last(profile: list[float]) -> float:
 
 
 def init_scale(runs: dict[str, Run], user: list[str]) -> Finding:
-    profiles = grad_profiles(at_init(user, STUDIES["init_scale"].variants,
-                                     STUDIES["init_scale"].base))  # fmt: skip
+    profiles = profiles_at_init("init_scale", user, "grad_std")
     ratios = {label: first_to_last(p) for label, p in profiles.items()}
     result = (f"input-gradient std, first layer / last layer, at init (6 ReLU layers): "
               f"{listing(ratios, '.2g')}; val acc after training: {accuracies(runs)}")  # fmt: skip
-    return Finding(result, {"first_over_last_grad_std": ratios,
-                            "val_acc": {k: r.last("val_acc") for k, r in runs.items()}},
-                   profiles, "input-gradient std at init")  # fmt: skip
+    numbers = {"first_over_last_grad_std": ratios,
+               "val_acc": {k: r.last("val_acc") for k, r in runs.items()}}  # fmt: skip
+    return Finding(result, numbers, profiles, "input-gradient std at init")
 
 
 def sigmoid_relu(runs: dict[str, Run], user: list[str]) -> Finding:
-    study = STUDIES["sigmoid_vs_relu"]
-    profiles = grad_profiles(at_init(user, study.variants, study.base))
+    profiles = profiles_at_init("sigmoid_vs_relu", user, "grad_std")
     ratios = {label: first_to_last(p) for label, p in profiles.items()}
     losses = {k: r.last("train_loss") for k, r in runs.items()}
     result = (f"first/last layer gradient std at init (8 layers): {listing(ratios, '.2g')}; "
               f"train loss after training: {listing(losses)}")  # fmt: skip
-    return Finding(result, {"first_over_last_grad_std": ratios,
-                            "train_loss": losses},
-                   profiles, "input-gradient std at init")  # fmt: skip
+    numbers = {"first_over_last_grad_std": ratios, "train_loss": losses}
+    return Finding(result, numbers, profiles, "input-gradient std at init")
 
 
 def init_match(runs: dict[str, Run], user: list[str]) -> Finding:
-    study = STUDIES["xavier_vs_he"]
-    rows = at_init(user, study.variants, study.base)
-    profiles = {label: [row["act_std"] for row in layer_rows] for label, layer_rows in rows.items()}
+    profiles = profiles_at_init("xavier_vs_he", user, "act_std")
     ratios = {label: p[-2] / p[0] for label, p in profiles.items()}  # last hidden / first
     result = (f"activation std, last hidden layer / first, at init (10 layers): "
               f"{listing(ratios, '.2g')}; val acc: {accuracies(runs)}")  # fmt: skip
-    return Finding(result, {"last_over_first_act_std": ratios,
-                            "val_acc": {k: r.last("val_acc") for k, r in runs.items()}},
-                   profiles, "activation std at init")  # fmt: skip
+    numbers = {"last_over_first_act_std": ratios,
+               "val_acc": {k: r.last("val_acc") for k, r in runs.items()}}  # fmt: skip
+    return Finding(result, numbers, profiles, "activation std at init")
 
 
 def residual(runs: dict[str, Run], user: list[str]) -> Finding:
