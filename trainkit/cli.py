@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.config import (
     CONF_DIR,
+    compose_config,
     expand_aliases,
     register_schemas,
     shorten_aliases,
@@ -212,9 +213,7 @@ def run_subcommand(name: str, args: list[str]) -> int:
         print(f"trainkit {name}: error: {line}", file=sys.stderr)
     if errors:
         return 2
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     out_dir = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     module, function = SUBCOMMANDS[name].split(":")
     GlobalHydra.instance().clear()

@@ -584,3 +584,15 @@ def check_targets(node: Any, path: str = "") -> list[str]:
         for key in node:
             errors += check_targets(node[key], f"{path}.{key}".lstrip("."))
     return errors
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config tree for `overrides` (aliases allowed), composed as the CLI composes a run:
+    for jobs that are not Hydra apps (subcommands, studies)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=expand_aliases(overrides))

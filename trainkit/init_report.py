@@ -79,6 +79,25 @@ def measure(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss_fn: nn
     return rows
 
 
+def probe_batch(cfg: DictConfig) -> tuple[data.Data, torch.Tensor, torch.Tensor]:
+    """The dataset and its first BATCH training images (normalized) and labels, on the device."""
+    device = runtime.setup(cfg.trainer)
+    dataset = data.load(cfg.data, device)
+    normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device)
+    return dataset, normalize(dataset.train.images[:BATCH]), dataset.train.labels[:BATCH]
+
+
+def measure_at_init(
+    cfg: DictConfig, init_cfg: DictConfig, dataset: data.Data, x: torch.Tensor, labels: torch.Tensor
+) -> list:
+    """`measure` for cfg's model initialized by `init_cfg`, on the probe batch."""
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).to(x.device)
+    initialize(model, init_cfg)
+    model.eval()  # dropout off: measure the weights, not the noise
+    return measure(model, x, labels, build_loss(cfg.loss))
+
+
 def init_report(cfg: DictConfig, out_dir: Path, schemes: list[str] | None = None) -> dict:
     schemes = schemes or SCHEMES
     known = sorted(p.stem for p in (CONF_DIR / "init").glob("*.yaml"))
@@ -87,19 +106,8 @@ def init_report(cfg: DictConfig, out_dir: Path, schemes: list[str] | None = None
         raise UserError(f"schemes: {', '.join(unknown)} unknown; choose from {', '.join(known)}")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         scheme_configs = {s: compose("config", overrides=[f"init={s}"]).init for s in schemes}
-    device = runtime.setup(cfg.trainer)
-    dataset = data.load(cfg.data, device)
-    normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device)
-    images, labels = dataset.train.images[:BATCH], dataset.train.labels[:BATCH]
-    x = normalize(images)
-    loss_fn = build_loss(cfg.loss)
-    report = {}
-    for scheme in schemes:
-        torch.manual_seed(cfg.trainer.seed)
-        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).to(device)
-        initialize(model, scheme_configs[scheme])
-        model.eval()  # dropout off: measure the weights, not the noise
-        report[scheme] = measure(model, x, labels, loss_fn)
+    probe = probe_batch(cfg)
+    report = {scheme: measure_at_init(cfg, scheme_configs[scheme], *probe) for scheme in schemes}
     write_outputs(report, out_dir)
     for signal in ("act", "grad"):
         console.console.print(table(report, signal))

@@ -22,17 +22,12 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
-from trainkit import checkpoint, console, data, runtime
-from trainkit.config import CONF_DIR, expand_aliases, register_schemas
+from trainkit import checkpoint, console
+from trainkit.config import compose_config
 from trainkit.errors import UserError
-from trainkit.experiment import build_model, run
-from trainkit.init import initialize
-from trainkit.init_report import measure
-from trainkit.losses import build_loss
+from trainkit.experiment import run
+from trainkit.init_report import measure_at_init, probe_batch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -83,17 +78,10 @@ class Study:
     measure: Callable[[dict[str, Run], list[str]], Finding]
 
 
-def compose_cfg(overrides: list[str]) -> DictConfig:
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=expand_aliases(overrides))
-
-
 def run_variants(study: Study, user: list[str], out_dir: Path) -> dict[str, Run]:
     runs = {}
     for label, own in study.variants.items():
-        cfg = compose_cfg([*study.base, *user, *own])
+        cfg = compose_config([*study.base, *user, *own])
         run_dir = out_dir / label
         console.console.rule(f"{label}: {' '.join(own)}")
         failed = None
@@ -119,15 +107,8 @@ def at_init(user: list[str], variants: dict[str, list[str]], base: list[str]) ->
     """Per variant, init_report's per-layer measurements on one batch of real data at step 0."""
     rows = {}
     for label, own in variants.items():
-        cfg = compose_cfg([*base, *user, *own])
-        device = runtime.setup(cfg.trainer)
-        dataset = data.load(cfg.data, device)
-        normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device)
-        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).to(device)
-        initialize(model, cfg.init)
-        model.eval()
-        x, y = normalize(dataset.train.images[:512]), dataset.train.labels[:512]
-        rows[label] = measure(model, x, y, build_loss(cfg.loss))
+        cfg = compose_config([*base, *user, *own])
+        rows[label] = measure_at_init(cfg, cfg.init, *probe_batch(cfg))
     return rows
 
 
@@ -217,10 +198,10 @@ def residual(runs: dict[str, Run], user: list[str]) -> Finding:
 def learning_rate(runs: dict[str, Run], user: list[str]) -> Finding:
     from trainkit.lr_finder import lr_find
 
-    cfg = compose_cfg([*STUDIES["learning_rate"].base, *user])
+    cfg = compose_config([*STUDIES["learning_rate"].base, *user])
     found = lr_find(cfg, runs["lr=0.1"].run_dir.parent / "lr_find")
     suggested = found["suggested_lr"]
-    tuned = run(compose_cfg([*STUDIES["learning_rate"].base, *user, f"lr={suggested:.3g}"]),
+    tuned = run(compose_config([*STUDIES["learning_rate"].base, *user, f"lr={suggested:.3g}"]),
                 runs["lr=0.1"].run_dir.parent / "lr=suggested")  # fmt: skip
     parts = [f"{k}: {fmt_acc(r)}" for k, r in runs.items()]
     result = (
@@ -500,7 +481,7 @@ def run_study(name: str, user: list[str], out_dir: Path) -> dict:
     runs = run_variants(study, user, out_dir)
     finding = study.measure(runs, user)
     figure(name, study, runs, finding, out_dir / f"{name}.png")
-    seed = compose_cfg([*study.base, *user]).trainer.seed
+    seed = compose_config([*study.base, *user]).trainer.seed
     result = {"study": name, "claim": study.claim, "result": finding.result,
               "numbers": finding.numbers, "seed": seed, "runs_per_variant": 1,
               "overrides": user, "variants": study.variants}  # fmt: skip
