@@ -40,8 +40,12 @@ import torch
 from torch import nn
 
 BATCH = 128
-STEPS = {"cnn": 60, "mlp": 400}  # steps per timed epoch
-TIMED_EPOCHS = {"cnn": 1, "mlp": 3}  # a few seconds of timed training per measurement
+# Each measurement times WINDOWS windows of WINDOW steps and keeps the median window: this VM's
+# speed drifts and jumps by +-20% within seconds, and a median shrugs off a slow burst. A window
+# holds one diagnostics sample (every 100 steps) and two log-interval syncs (every 50): the
+# median cannot leave out trainkit's periodic costs.
+WINDOW = 100
+WINDOWS = {"cnn": 3, "mlp": 12}
 WARMUP_STEPS = 10
 LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yaml
@@ -50,7 +54,7 @@ MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yam
 # ------------------------------------------------------------------ the loops (child process)
 
 
-def trainkit_cfg(model: str, steps: int, threads: int, augment: bool):  # noqa: ANN201
+def trainkit_cfg(model: str, threads: int, augment: bool):  # noqa: ANN201
     from hydra import compose, initialize_config_dir
 
     from trainkit.config import CONF_DIR, register_schemas
@@ -60,8 +64,8 @@ def trainkit_cfg(model: str, steps: int, threads: int, augment: bool):  # noqa: 
         f"model={model}",
         f"trainer.batch_size={BATCH}",
         f"trainer.threads={threads}",
-        f"trainer.max_steps_per_epoch={steps}",
-        f"trainer.epochs={1 + TIMED_EPOCHS[model]}",  # the first epoch is the warm-up
+        f"trainer.max_steps_per_epoch={WINDOW}",  # an epoch is a window
+        f"trainer.epochs={1 + WINDOWS[model]}",  # the first epoch is the warm-up
         "data.download=false",
         "diagnostics.pictures=false",
         f"augment={'standard' if augment else 'none'}",
@@ -71,14 +75,14 @@ def trainkit_cfg(model: str, steps: int, threads: int, augment: bool):  # noqa: 
         return compose("config", overrides=overrides)
 
 
-def run_trainkit(model: str, steps: int, threads: int, augment: bool) -> dict:
+def run_trainkit(model: str, threads: int, augment: bool) -> dict:
     from trainkit import experiment, hparams
     from trainkit.callbacks import CSVLogger, TensorBoardLogger
     from trainkit.console import ProgressPrinter
     from trainkit.diagnostics import Diagnostics
     from trainkit.loop import evaluate, fit
 
-    cfg = trainkit_cfg(model, steps, threads, augment)
+    cfg = trainkit_cfg(model, threads, augment)
     dataset, t = experiment.build(cfg)
     with tempfile.TemporaryDirectory() as logdir:
         tb = TensorBoardLogger(Path(logdir), "", t.optimizer, cfg.trainer.log_every_n_steps,
@@ -88,10 +92,8 @@ def run_trainkit(model: str, steps: int, threads: int, augment: bool) -> dict:
         state = fit(t, dataset, callbacks)
         tb.close("completed")
     batch = cfg.trainer.eval_batch_size
-    timed = state.history[1:]
     return {
-        "train": sum(m["samples_per_s"] * m["train_time_s"] for m in timed)
-        / sum(m["train_time_s"] for m in timed),
+        "train": statistics.median(m["samples_per_s"] for m in state.history[1:]),
         "eval": timed_eval(
             lambda: evaluate(t.model, dataset.test, t.normalize, t.loss_fn, batch),
             len(dataset.test),
@@ -111,14 +113,14 @@ def same_model(model: str) -> nn.Module:
     from trainkit.experiment import build_model
     from trainkit.init import initialize
 
-    cfg = trainkit_cfg(model, 1, 1, False)
+    cfg = trainkit_cfg(model, 1, False)
     torch.manual_seed(0)
     net = build_model(cfg.model, (1, 28, 28), 10)
     initialize(net, cfg.init)
     return net
 
 
-def run_tutorial(model: str, steps: int, raw_root: str) -> dict:
+def run_tutorial(model: str, raw_root: str) -> dict:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -154,15 +156,20 @@ def run_tutorial(model: str, steps: int, raw_root: str) -> dict:
                 correct += (pred.argmax(1) == y).type(torch.float).sum().item()
 
     train(WARMUP_STEPS)
-    start = time.perf_counter()
-    train(steps)
-    return {
-        "train": steps * BATCH / (time.perf_counter() - start),
-        "eval": timed_eval(test, len(test_data)),
-    }
+    return {"train": timed_windows(train, model), "eval": timed_eval(test, len(test_data))}
 
 
-def run_bare(model: str, steps: int, channels_last: bool, fused: bool) -> dict:
+def timed_windows(train, model: str) -> float:  # noqa: ANN001
+    """Samples/s of the median window of WINDOW steps."""
+    rates = []
+    for _ in range(WINDOWS[model]):
+        start = time.perf_counter()
+        train(WINDOW)
+        rates.append(WINDOW * BATCH / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def run_bare(model: str, channels_last: bool, fused: bool) -> dict:
     from trainkit.data import DEBIAN_FASHION_MNIST, fashion_mnist_files, read_idx
 
     files = fashion_mnist_files(DEBIAN_FASHION_MNIST)
@@ -174,21 +181,23 @@ def run_bare(model: str, steps: int, channels_last: bool, fused: bool) -> dict:
         X, net = X.to(memory_format=torch.channels_last), net.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused or None)
-    order = torch.cat([torch.randperm(len(y)) for _ in range(-(-(steps + 10) * BATCH // len(y)))])
+    steps = WARMUP_STEPS + WINDOW * WINDOWS[model]
+    order = torch.cat([torch.randperm(len(y)) for _ in range(-(-steps * BATCH // len(y)))])
+    done = 0
 
     def train(n_steps: int) -> None:
+        nonlocal done
         net.train()
-        for step in range(n_steps):
+        for step in range(done, done + n_steps):
             idx = order[step * BATCH : (step + 1) * BATCH]
             loss = loss_fn(net(X[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        done += n_steps
 
     train(WARMUP_STEPS)
-    start = time.perf_counter()
-    train(steps)
-    return {"train": steps * BATCH / (time.perf_counter() - start), "flop": flop_per_sample(net)}
+    return {"train": timed_windows(train, model), "flop": flop_per_sample(net)}
 
 
 def flop_per_sample(net: nn.Module) -> float:
@@ -212,12 +221,10 @@ def matmul_gflops() -> float:
 
 def child(loop: str, model: str, threads: int, raw_root: str) -> None:
     torch.set_num_threads(threads)
-    steps = STEPS[model]
-    timed_steps = steps * TIMED_EPOCHS[model]
     if loop.startswith("trainkit"):
-        result = run_trainkit(model, steps, threads, augment=loop.endswith("aug"))
+        result = run_trainkit(model, threads, augment=loop.endswith("aug"))
     elif loop == "tutorial":
-        result = run_tutorial(model, timed_steps, raw_root)
+        result = run_tutorial(model, raw_root)
     elif loop.startswith("bare"):
         best = loop == "bare+best"
         if best:
@@ -225,7 +232,7 @@ def child(loop: str, model: str, threads: int, raw_root: str) -> None:
 
             keep_freed_memory()
         channels_last, fused = best or loop == "bare+cl", best or loop == "bare+fused"
-        result = run_bare(model, timed_steps, channels_last, fused)
+        result = run_bare(model, channels_last, fused)
     else:  # "peak"
         result = {"gflops": matmul_gflops()}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -271,7 +278,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=list(STEPS))
+    parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=list(WINDOWS))
     parser.add_argument("--loops", nargs="+", default=LOOPS, choices=LOOPS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -301,6 +308,20 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
         values = [run[key] for run in runs.get((model, loop), []) if key in run]
         return statistics.median(values) if values else float("nan")
 
+    def ratio_median(model: str, loop: str, other: str, key: str) -> float:
+        """The median over rounds of loop/other, each from one round: a ratio of two loops
+        measured a minute apart drifts less than either loop's speed."""
+        pairs = zip(runs.get((model, loop), []), runs.get((model, other), []), strict=False)
+        ratios = [a[key] / b[key] for a, b in pairs if key in a and key in b]
+        return statistics.median(ratios) if ratios else float("nan")
+
+    def ratio(model: str, other: str, key: str = "train") -> str:
+        pairs = zip(runs.get((model, "trainkit"), []), runs.get((model, other), []), strict=False)
+        ratios = sorted(a[key] / b[key] for a, b in pairs if key in a and key in b)
+        if not ratios:
+            return "n/a"
+        return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
     print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.threads} threads, batch {BATCH}, Fashion-MNIST, median of {args.repeats}; "
           f"fp32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
@@ -312,16 +333,14 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
             share = train * flop / (peak * 1e9) * 100
             print(f"{model:5} {loop:14} {train:9,.0f} {med(model, loop, 'eval'):9,.0f} "
                   f"{med(model, loop, 'peak_rss_mb'):7,.0f}MB {share:5.0f}%")  # fmt: skip
-        a, b, c = (med(model, loop, "train") for loop in ("trainkit", "tutorial", "bare"))
         best_loop = max((loop for loop in args.loops if loop.startswith("bare")),
                         key=lambda loop: med(model, loop, "train"))  # fmt: skip
-        best = med(model, best_loop, "train")
-        aug = med(model, "trainkit+aug", "train")
-        print(f"{model}: trainkit/tutorial {a / b:.2f}x, trainkit/bare {a / c:.2f}x, "
-              f"trainkit/best bare ({best_loop}) {a / best:.2f}x, eval trainkit/tutorial "
-              f"{med(model, 'trainkit', 'eval') / med(model, 'tutorial', 'eval'):.2f}x, "
-              f"augmentation costs {(1 - aug / a) * 100:.0f}% of the step; "
-              f"{flop / 1e6:.1f} MFLOP per training sample")  # fmt: skip
+        print(f"{model}: trainkit/tutorial {ratio(model, 'tutorial')}, trainkit/bare "
+              f"{ratio(model, 'bare')}, trainkit/best bare ({best_loop}) "
+              f"{ratio(model, best_loop)}, eval trainkit/tutorial "
+              f"{ratio(model, 'tutorial', 'eval')}, augmentation costs "
+              f"{(1 - ratio_median(model, 'trainkit+aug', 'trainkit', 'train')) * 100:.0f}% "
+              f"of the step; {flop / 1e6:.1f} MFLOP per training sample")  # fmt: skip
     if args.json:
         flat = [{"model": m, "loop": loop, **run} for (m, loop), rs in runs.items() for run in rs]
         args.json.write_text(json.dumps({"peak_gflops": peak, "runs": flat}, indent=1))

@@ -308,7 +308,7 @@ def keep_classes(
 
 
 class Normalizer:
-    """uint8 [N, C, H, W] -> float, (x/255 - mean) / std per channel, in one fused pass."""
+    """uint8 [N, C, H, W] -> float, (x/255 - mean) / std per channel."""
 
     def __init__(
         self, mean: list[float], std: list[float], device: torch.device, channels_last: bool = False
@@ -319,8 +319,12 @@ class Normalizer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(dtype=torch.float32, memory_format=self.memory_format)
-        return torch.addcmul(self.shift, x, self.scale)
+        # A fresh float tensor (a copy even when given floats: the caller's stays as it was),
+        # then two in-place passes: addcmul with broadcast per-channel factors measured 3-4x
+        # slower on the CPU (~120 us vs ~40 us per MLP batch of 128).
+        x = images.to(torch.float32, memory_format=self.memory_format,
+                      copy=images.is_floating_point())  # fmt: skip
+        return x.mul_(self.scale).add_(self.shift)
 
 
 def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -338,4 +342,6 @@ def shuffled_batches(
     order = torch.randperm(len(split), generator=generator).to(split.labels.device)
     for step in range(distributed.global_batches(len(split), batch_size)):
         idx = distributed.shard(order[step * batch_size : (step + 1) * batch_size])
-        yield idx, split.images[idx], split.labels[idx]
+        # index_select, not images[idx]: advanced indexing of a [N, C, H, W] tensor measured
+        # ~150 us per batch of 128 on the CPU, index_select ~7 us (5% of an MLP step).
+        yield idx, split.images.index_select(0, idx), split.labels.index_select(0, idx)

@@ -186,6 +186,49 @@ class Training:
         return torch.autocast(device.type, dtype=self.autocast)
 
 
+class PendingSteps:
+    """The losses, logits and labels of the steps not yet counted in the epoch's correct count
+    and first NaN/Inf step, kept on the device as they came. Folding them in a few ops per
+    interval instead of six small ops per step (isfinite, where, argmax, eq, sum, add) saved
+    ~50 us of a ~2.5 ms MLP step on the CPU. Both are integers, so where the folds fall (an
+    interruption adds one) cannot change them: a resumed run counts exactly what an
+    uninterrupted one does. No sync: the loop reads them back once per log interval."""
+
+    capacity = 32  # steps held at most (a few MB of logits even with 1000 classes)
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.first_step = 0
+        self.losses: list[torch.Tensor] = []  # the optimized loss (data loss + penalties)
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        if not self.losses:
+            self.first_step = step
+        self.losses.append(loss)
+        self.logits.append(logits)
+        self.labels.append(y)
+
+    def fold_into(self, p: EpochProgress) -> None:
+        """Add the held steps to p's correct count and first NaN/Inf step; forget them."""
+        if not self.losses:
+            return
+        predicted = torch.cat(self.logits).argmax(dim=1)
+        p.correct += (predicted == torch.cat(self.labels)).sum()
+        bad = ~torch.isfinite(torch.stack(self.losses))
+        end = self.first_step + len(self)  # the steps are in a row
+        steps = torch.arange(self.first_step, end, device=bad.device)
+        first_bad = torch.where(bad, steps, end).min()
+        p.nonfinite_at = torch.where((p.nonfinite_at < 0) & bad.any(), first_bad, p.nonfinite_at)
+        self.clear()
+
+
 def train_epoch(
     t: Training,
     train: Split,
@@ -218,6 +261,7 @@ def train_epoch(
     # merge of the ranks' sums, where they agree on it.
     ranks = distributed.enabled()
     stop_signal = 0
+    pending = PendingSteps()
     stream = shuffled_batches(train, t.trainer.batch_size, generator)
     for i, (idx, images, labels) in enumerate(stream):
         if i < p.batches_done:  # trained before the interruption
@@ -225,7 +269,10 @@ def train_epoch(
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
             break
         if stop_signal or (state.interrupted and not ranks):
+            pending.fold_into(p)  # the checkpoint keeps the sums so far
             return None
+        if len(pending) == pending.capacity:  # bounds the logits held
+            pending.fold_into(p)
         sums = p.sums  # a merge of the ranks replaces the tensors
         x = augment(images) if augment is not None else images
         with precision:
@@ -261,14 +308,15 @@ def train_epoch(
 
         state.step += 1
         p.batches_done = i + 1
-        bad = ~torch.isfinite(loss.detach()) & (p.nonfinite_at < 0)
-        p.nonfinite_at = torch.where(bad, state.step, p.nonfinite_at)
         state.last_loss = data_loss.detach()
         state.batch_indices = idx
-        sums["loss"] += data_loss.detach() * len(labels)
-        p.correct += (logits.argmax(dim=1) == labels).sum()
+        # Summed step by step (a float sum's rounding depends on its grouping), in one op.
+        sums["loss"].add_(state.last_loss, alpha=len(labels))
+        total = state.last_loss if loss is data_loss else loss.detach()
+        pending.add(state.step, total, logits.detach(), labels)
         p.seen += len(labels)
         if i % log_every == 0:  # a sync point: once per interval
+            pending.fold_into(p)
             if ranks:
                 p.merge_ranks(everywhere=False)
                 stop_signal = state.agree_to_stop(device)
@@ -279,6 +327,7 @@ def train_epoch(
             cb.on_step_end(state)
         if state.stop:  # a callback (lr-find) asked to end mid-epoch
             break
+    pending.fold_into(p)
     p.merge_ranks(everywhere=True)
     stop_if_diverged(p.nonfinite_at, t.optimizer, state)
     steps = max(1, p.batches_done)
