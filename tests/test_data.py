@@ -211,3 +211,47 @@ def test_evaluation_shares_cover_a_split_once_in_order(monkeypatch: pytest.Monke
         monkeypatch.setenv("RANK", str(rank))
         shares.append(list(range(10))[distributed.part(10)])
     assert shares == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalizer_standardizes_each_channel_and_leaves_its_input_alone(
+    channels_last: bool,
+) -> None:
+    mean, std = [0.1, 0.5, 0.9], [0.2, 0.25, 0.5]
+    images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
+    normalize = data.Normalizer(mean, std, torch.device("cpu"), channels_last)
+    expected = (images / 255.0 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1
+    )
+    out = normalize(images)
+    torch.testing.assert_close(out, expected)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    floats = images.float()  # an augmented batch arrives as floats: it must not change
+    torch.testing.assert_close(normalize(floats), expected)
+    assert torch.equal(floats, images.float())
+
+
+def test_take_gathers_samples_in_the_layout_they_are_held_in() -> None:
+    images = torch.randint(0, 256, (20, 3, 4, 5), dtype=torch.uint8)
+    idx = torch.tensor([7, 0, 19, 7])
+    assert torch.equal(data.take(images, idx), images[idx])
+    nhwc = images.contiguous(memory_format=torch.channels_last)
+    taken = data.take(nhwc, idx)
+    assert torch.equal(taken, images[idx])
+    assert taken.is_contiguous(memory_format=torch.channels_last) and not taken.is_contiguous()
+
+
+def test_cifar10_held_channels_last_has_the_same_images(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    cfg = data_cfg(tmp_path, name="cifar10", val_size=20)
+    plain = data.load(cfg, torch.device("cpu"))
+    nhwc = data.load(cfg, torch.device("cpu"), channels_last=True)
+    for split in ("train", "val", "test"):
+        a, b = getattr(plain, split), getattr(nhwc, split)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        assert b.images.is_contiguous(memory_format=torch.channels_last)
+        assert not b.images.is_contiguous()  # NHWC storage, not a copy in NCHW
+    batch = next(data.shuffled_batches(nhwc.train, 8, torch.Generator().manual_seed(0)))
+    assert batch[1].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch[1], nhwc.train.images[batch[0]])

@@ -218,3 +218,20 @@ def test_mirroring_at_test_time_warns_when_training_never_mirrors(
     assert training.tta_hflip
     out = capsys.readouterr().out
     assert ("test-time mirroring is likely to hurt" in out) == warned
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_translate_crops_each_sample_at_its_own_drawn_offset(channels_last: bool) -> None:
+    x = torch.randint(0, 256, (6, 3, 7, 9)).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    out = random_translate(x, 2)
+    torch.manual_seed(1)  # the same draws: dy for every sample, then dx
+    dy, dx = torch.randint(0, 5, (6,)), torch.randint(0, 5, (6,))
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) > 1
+    padded = nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(6):
+        assert torch.equal(out[i], padded[i, :, dy[i] : dy[i] + 7, dx[i] : dx[i] + 9])
+    if channels_last:  # a channels-last batch stays one, for the channels-last model
+        assert out.is_contiguous(memory_format=torch.channels_last)

@@ -137,7 +137,7 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     """Process settings, data on the device, and the Training bundle: model (initialized, and
     loaded/frozen for transfer learning), loss, optimizer, schedule, normalization, augment."""
     device = runtime.setup(cfg.trainer)
-    dataset = data.load(cfg.data, device)
+    dataset = data.load(cfg.data, device, cfg.trainer.channels_last)
     channels_last = cfg.trainer.channels_last and len(dataset.input_shape) == 3
     normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device, channels_last)
 
