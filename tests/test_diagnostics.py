@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
+from trainkit.diagnostics import HISTOGRAM_BINS, write_histogram
 from trainkit.errors import UserError
 from trainkit.experiment import run
 from trainkit.verdict import diagnose
@@ -124,3 +127,27 @@ VERDICT = OmegaConf.create({"overfit_gap": 0.05, "overfit_rise": 0.1, "underfit_
 )
 def test_verdict_rules(curve: list[dict], verdict: str) -> None:
     assert diagnose(curve, VERDICT)["verdict"] == verdict
+
+
+def test_histogram_is_binned_by_torch_as_numpy_bins_it(tmp_path: Path) -> None:
+    noise = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 0.05
+    values = torch.cat([noise, torch.tensor([float("nan"), float("inf")])])
+    constant = torch.full((10,), 0.25)
+    writer = SummaryWriter(str(tmp_path))
+    write_histogram(writer, "w", values, step=3)
+    write_histogram(writer, "c", constant, step=3)
+    write_histogram(writer, "empty", torch.tensor([float("nan")]), step=3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    assert set(events.Tags()["histograms"]) == {"w", "c"}  # nothing finite: nothing written
+    (event,) = events.Histograms("w")
+    h, finite = event.histogram_value, values[:1000].double().numpy()
+    counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS)
+    assert event.step == 3 and h.num == 1000
+    assert (h.min, h.max) == pytest.approx((finite.min(), finite.max()))
+    assert h.sum_squares == pytest.approx((finite**2).sum(), rel=1e-5)
+    assert list(h.bucket_limit) == pytest.approx(list(edges[1:]), abs=1e-6)
+    assert sum(abs(a - b) for a, b in zip(h.bucket, counts, strict=True)) <= 2  # float32 edges
+    (event,) = events.Histograms("c")
+    assert event.histogram_value.num == 10 and max(event.histogram_value.bucket) == 10

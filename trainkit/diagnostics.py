@@ -11,7 +11,8 @@ that owns a weight; tags use its name, e.g. grad_norm/net.fc1):
   act_mean/<layer>, act_std/<layer>, dead_frac/<layer>
                         statistics of each activation module's output; dead units are outputs
                         that are <= 0 for every sample of the batch (dead ReLUs)
-Histograms of weights and gradients every `histograms_every_n_epochs` epochs.
+Histograms of weights and gradients every `histograms_every_n_epochs` epochs, in
+HISTOGRAM_BINS equal bins (write_histogram).
 
 Alerts (printed once each, and written to TensorBoard text):
   vanishing   first layer's gradient norm < vanishing_ratio x the last layer's
@@ -35,6 +36,36 @@ from trainkit.loop import FitState
 from trainkit.models import ACTIVATIONS
 
 ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
+HISTOGRAM_BINS = 64  # TensorBoard's histogram view re-bins to ~30 anyway
+
+
+def write_histogram(writer: SummaryWriter, tag: str, values: torch.Tensor, step: int) -> None:
+    """A histogram of the finite entries of `values`, binned by torch.
+
+    Not SummaryWriter.add_histogram: it bins in numpy, whose `values.dot(values)` wakes OpenBLAS's
+    worker threads, and they spin for ~0.1 s after it returns. On 2 cores they took the CPU from
+    the training steps that followed: the MLP's next 100 steps ran ~30% slower (measured)."""
+    x = values.detach().flatten().float()
+    x = x[torch.isfinite(x)]
+    if x.numel() == 0:
+        return
+    smallest, largest = (float(v) for v in x.aminmax())
+    low, high = smallest, largest
+    if low == high:  # one value: a bin of width 1 around it, as numpy.histogram does
+        low, high = low - 0.5, high + 0.5
+    counts = torch.histc(x, HISTOGRAM_BINS, min=low, max=high)
+    edges = torch.linspace(low, high, HISTOGRAM_BINS + 1)
+    writer.add_histogram_raw(
+        tag,
+        min=smallest,
+        max=largest,
+        num=x.numel(),
+        sum=float(x.sum()),
+        sum_squares=float(x.dot(x)),
+        bucket_limits=edges[1:].tolist(),  # TensorBoard takes each bucket's right edge
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
 
 
 def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -179,9 +210,9 @@ class Diagnostics(Callback):
         every = self.cfg.histograms_every_n_epochs
         if every and state.epoch % every == 0:
             for name, layer in self.layers.items():
-                self.writer.add_histogram(f"weights/{name}", layer.weight.detach(), state.epoch)
+                write_histogram(self.writer, f"weights/{name}", layer.weight, state.epoch)
                 if layer.weight.grad is not None:
-                    self.writer.add_histogram(f"grads/{name}", layer.weight.grad, state.epoch)
+                    write_histogram(self.writer, f"grads/{name}", layer.weight.grad, state.epoch)
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
         self.unwatch_activations()
