@@ -106,6 +106,10 @@ BAD_INPUTS = [
     (["model=torchvision", "model.arch=vit_b_16"], "model.arch=vit_b_16: use a torchvision"),
     (["scheduler=plateau", "scheduler.interval=step"], "scheduler=plateau watches the validation"),
     (["augment.zoom=[1.2,0.8]"], "augment.zoom is a range [low, high]"),
+    (
+        ["experiment=fmnist_speedrun", "model=mlp"],
+        "experiment=fmnist_speedrun sets model.channels, which model=mlp does not have: drop",
+    ),
     (["init.name=kaiming"], "init.name=kaiming: choose one of default, zeros"),
     (
         ["model=torchvision", "model.pretrained=true", "init=he_normal"],
@@ -169,3 +173,47 @@ def test_help_lists_the_groups_and_their_options(tmp_path: Path) -> None:
         in result.stdout
     )
     assert "schema" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("exit_with", "status", "printed"),
+    [("None", 0, ""), ("2", 2, ""), ("'bad value: use x'", 1, "bad value: use x\n")],
+)
+def test_the_command_exits_with_mains_status_after_the_exit_handlers(
+    exit_with: str, status: int, printed: str
+) -> None:
+    # In a process of its own: entry() ends the process it runs in.
+    program = f"""
+import atexit, sys
+from trainkit import cli
+def main():
+    atexit.register(print, "exit handler ran")
+    print("main ran", end=" ")
+    code = {exit_with}
+    if code is not None:
+        sys.exit(code)
+cli.main = main
+cli.entry()
+print("not reached")
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == status
+    assert result.stdout == "main ran exit handler ran\n"
+    assert result.stderr == printed
+
+
+def test_the_command_waits_for_threads_still_running_as_python_does() -> None:
+    program = """
+import sys, threading, time
+from trainkit import cli
+def late():
+    time.sleep(0.3)
+    print("thread finished", flush=True)
+def main():
+    threading.Thread(target=late).start()
+    sys.exit(3)
+cli.main = main
+cli.entry()
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (3, "thread finished\n")

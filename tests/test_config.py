@@ -67,6 +67,7 @@ def test_trainer_aliases_win_over_presets() -> None:
         ("optimizer=momentum", None),
         ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
         ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+        ("augment.tta_shift=-1", "augment.tta_shift is a number of pixels: >= 0"),
     ],
 )
 def test_validate_names_the_key_and_the_fix(override: str, message: str | None) -> None:

@@ -195,15 +195,37 @@ def test_penalties_and_grad_norm_reach_metrics_and_tensorboard(
 
 
 def test_test_time_mirroring_averages_the_logits_of_image_and_mirror() -> None:
+    from trainkit.augment import TestTimeViews
+    from trainkit.data import Normalizer
     from trainkit.loop import predict
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    x = torch.randn(5, 1, 3, 4)
+    images = torch.randint(0, 256, (5, 1, 3, 4), dtype=torch.uint8)
+    normalize = Normalizer([0.5], [0.25], torch.device("cpu"))
+    x = (images.float() / 255 - 0.5) / 0.25
     expected = (model(x) + model(x.flip(-1))) / 2
-    torch.testing.assert_close(predict(model, x, hflip=True), expected)
-    torch.testing.assert_close(predict(model, x), model(x))
+    mirrored = predict(model, images, normalize, TestTimeViews(hflip=True))
+    torch.testing.assert_close(mirrored, expected)
+    torch.testing.assert_close(predict(model, images, normalize), model(x))
     assert not torch.allclose(expected, model(x))
+
+
+def test_test_time_shifts_are_the_image_moved_one_way_each_with_black_pixels_in() -> None:
+    from trainkit.augment import TestTimeViews
+
+    images = torch.arange(1, 13, dtype=torch.uint8).view(1, 1, 3, 4)
+    views = TestTimeViews(shift=1)(images)
+    assert len(views) == len(TestTimeViews(shift=1)) == 5
+    assert torch.equal(views[0], images)
+    down, up, right, left = (v[0, 0] for v in views[1:])
+    grid = images[0, 0]
+    assert torch.equal(down[1:], grid[:-1]) and not down[0].any()
+    assert torch.equal(up[:-1], grid[1:]) and not up[-1].any()
+    assert torch.equal(right[:, 1:], grid[:, :-1]) and not right[:, 0].any()
+    assert torch.equal(left[:, :-1], grid[:, 1:]) and not left[:, -1].any()
+    both = TestTimeViews(hflip=True, shift=1)(images)
+    assert len(both) == 10 and torch.equal(both[6], views[1].flip(-1))
 
 
 @pytest.mark.parametrize(("augment", "warned"), [("none", True), ("flip", False)])
@@ -215,9 +237,23 @@ def test_mirroring_at_test_time_warns_when_training_never_mirrors(
     cfg = compose_config([f"data.root={fmnist_slice}", "data.val_size=200", f"augment={augment}",
                           "augment.tta_hflip=true"])  # fmt: skip
     _, training = build(cfg)
-    assert training.tta_hflip
+    assert training.tta.hflip
     out = capsys.readouterr().out
     assert ("test-time mirroring is likely to hurt" in out) == warned
+
+
+@pytest.mark.parametrize(("translate", "warned"), [(0, True), (2, False)])
+def test_shifting_at_test_time_warns_when_training_never_shifts_that_far(
+    translate: int, warned: bool, fmnist_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainkit.experiment import build
+
+    cfg = compose_config([f"data.root={fmnist_slice}", "data.val_size=200",
+                          f"augment.translate={translate}", "augment.tta_shift=1"])  # fmt: skip
+    _, training = build(cfg)
+    assert training.tta.shift == 1 and len(training.tta) == 5
+    out = capsys.readouterr().out
+    assert ("test-time views shifted further are likely to hurt" in out) == warned
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -235,3 +271,18 @@ def test_translate_crops_each_sample_at_its_own_drawn_offset(channels_last: bool
         assert torch.equal(out[i], padded[i, :, dy[i] : dy[i] + 7, dx[i] : dx[i] + 9])
     if channels_last:  # a channels-last batch stays one, for the channels-last model
         assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_run_saved_before_tta_shift_existed_builds_without_it(fmnist_slice: Path) -> None:
+    """Resume reads a run's saved config as it was written: older runs lack augment.tta_shift."""
+    from omegaconf import OmegaConf
+
+    from trainkit.augment import TestTimeViews
+    from trainkit.experiment import build
+
+    overrides = [f"data.root={fmnist_slice}", "data.val_size=200", "augment=flip",
+                 "augment.tta_hflip=true"]  # fmt: skip
+    saved = OmegaConf.to_container(compose_config(overrides))
+    del saved["augment"]["tta_shift"]
+    _, training = build(OmegaConf.create(saved))
+    assert training.tta == TestTimeViews(hflip=True, shift=0)

@@ -34,6 +34,8 @@ def test_every_option_trains_two_steps(
     """Options are discovered from conf/, so a new YAML is trained here without a new test."""
     if group == "model":
         overrides = small_overrides(fmnist_slice, option)
+    elif group == "experiment":  # presets pick and size their CNN: a small one here
+        overrides = [*small_overrides(fmnist_slice, "cnn"), f"{group}={option}"]
     elif group == "data":
         root = cifar_root if option == "cifar10" else fmnist_slice
         overrides = [*small_overrides(fmnist_slice), f"data={option}", f"data.root={root}"]

@@ -1,5 +1,5 @@
 """`python -m trainkit` and `torchrun --nproc_per_node=N -m trainkit [overrides]`."""
 
-from trainkit.cli import main
+from trainkit.cli import entry
 
-main()
+entry()

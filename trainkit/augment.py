@@ -9,10 +9,11 @@ Pixels shifted or rotated in from outside the image are black (0).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class Augment:
@@ -68,3 +69,37 @@ def random_rotate_zoom(x: torch.Tensor, degrees: float, zoom: tuple[float, float
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@dataclass(frozen=True)
+class TestTimeViews:
+    """Test-time augmentation: the views of each evaluation image whose logits are averaged.
+    The image; with `shift`, its copies shifted by that many pixels up, down, left and right
+    (black pixels shifted in, as in training's translate); with `hflip`, the mirror of each."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+    hflip: bool = False
+    shift: int = 0
+
+    @classmethod
+    def from_config(cls, augment: DictConfig) -> TestTimeViews:
+        # Runs saved before a key existed have none: select with its default.
+        return cls(bool(OmegaConf.select(augment, "tta_hflip", default=False)),
+                   int(OmegaConf.select(augment, "tta_shift", default=0)))  # fmt: skip
+
+    def __len__(self) -> int:
+        return (1 + 4 * (self.shift > 0)) * (1 + self.hflip)
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        views = [images]
+        if self.shift > 0:
+            s, (h, w) = self.shift, images.shape[-2:]
+            padded = F.pad(images, (s, s, s, s))
+            offsets = ((0, s), (2 * s, s), (s, 0), (s, 2 * s))  # down, up, right, left
+            views += [padded[..., y : y + h, x : x + w] for y, x in offsets]
+        if self.hflip:
+            views += [view.flip(-1) for view in views]
+        return views
+
+
+IMAGE_ONLY = TestTimeViews()  # no test-time augmentation

@@ -8,6 +8,8 @@ so `-m`, `--cfg`, `--help`, launchers and sweepers all behave as Hydra documents
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import difflib
 import importlib
 import itertools
@@ -15,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -71,6 +74,36 @@ def main() -> None:
             from trainkit import distributed
 
             distributed.shutdown()
+
+
+def entry() -> None:
+    """The `trainkit` command and `python -m trainkit`: main(), then the process ends without the
+    interpreter's teardown, once the exit handlers have run and every stream and log is flushed.
+    Tearing this torch build down took 0.4 s and touched 128 MB more: peak RSS of
+    `python -c "import torch"` 648 MB, 521 MB without it; of `trainkit epochs=1` 1.21-1.25 GB,
+    1.01-1.13 GB without it. Errors that main() turns into an exit status end the same way;
+    an exception it lets through, threads still running (the parallel launcher's), or a
+    profiler, tracer or coverage tool watching get Python's usual exit."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:  # sys.exit("message"): printed to stderr, status 1
+            print(e.code, file=sys.stderr)
+            code = 1
+    others_running = any(
+        not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    )
+    if others_running or sys.gettrace() or sys.getprofile():  # they finish at a normal exit
+        sys.exit(code)
+    atexit._run_exitfuncs()  # noqa: SLF001 (what a normal exit runs, bar the teardown)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a closed pipe (trainkit ... | head): no reader left
+            stream.flush()
+    os._exit(code)
 
 
 def stop_sweep(e: SweepInterrupted) -> int:
@@ -480,6 +513,15 @@ def composition_message(e: ConfigCompositionException, overrides: list[str]) -> 
     if match and e.__cause__ is not None:  # a value of the wrong type
         reason = first_line(e.__cause__)
         return f"{shorten_aliases(match.group(1))}: {reason[0].lower()}{reason[1:]}"
+    match = re.search(r"In 'experiment/([^']+)': ConfigKeyError.*full_key: (\S+)", str(e),
+                      re.DOTALL)  # fmt: skip
+    if match:  # a preset sets a key that the option chosen beside it does not have
+        preset, key = match.groups()
+        preset = next((o for o in overrides if o.startswith("experiment=")), preset)
+        group = key.partition(".")[0]
+        chosen = next((o for o in overrides if o.startswith(f"{group}=")), group)
+        return (f"{preset} sets {key}, which {chosen} does not have: drop {chosen} (the "
+                "preset picks its own) or choose another experiment")  # fmt: skip
     return first_line(e)
 
 

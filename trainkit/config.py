@@ -275,6 +275,7 @@ class AugmentConfig:
     rotate: float = 0.0  # rotate by up to this many degrees either way
     zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range
     tta_hflip: bool = False  # evaluation (val, test) averages the logits of image and mirror
+    tta_shift: int = 0  # ... and of the image shifted by this many pixels up, down, left, right
 
 
 @dataclass
@@ -528,6 +529,7 @@ def validate(cfg: DictConfig) -> list[str]:
     aug = cfg.augment
     need(0 <= aug.hflip <= 1, "augment.hflip is a probability: 0..1")
     need(aug.translate >= 0 and aug.rotate >= 0, "augment.translate and .rotate must be >= 0")
+    need(aug.tta_shift >= 0, "augment.tta_shift is a number of pixels: >= 0")
     need(
         len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
         "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]",

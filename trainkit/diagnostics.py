@@ -45,7 +45,7 @@ def write_histogram(writer: SummaryWriter, tag: str, values: torch.Tensor, step:
     Not SummaryWriter.add_histogram: it bins in numpy, whose `values.dot(values)` wakes OpenBLAS's
     worker threads, and they spin for ~0.1 s after it returns. On 2 cores they took the CPU from
     the training steps that followed: the MLP's next 100 steps ran ~30% slower (measured)."""
-    x = values.detach().flatten().float()
+    x = values.detach().flatten().float().cpu()  # histc on CUDA has no deterministic mode
     x = x[torch.isfinite(x)]
     if x.numel() == 0:
         return

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from trainkit import checkpoint, console, data, runtime
+from trainkit.augment import TestTimeViews
 from trainkit.config import check_targets
 from trainkit.errors import UserError, first_line
 from trainkit.experiment import build_model
@@ -51,10 +52,9 @@ def evaluate_checkpoint(
     normalize = data.Normalizer(run_cfg.data.mean, run_cfg.data.std, device)
     target = dataset.test if which == "test" else dataset.val
     batch = run_cfg.trainer.eval_batch_size
-    # Runs saved before augment.tta_hflip existed have no such key.
-    hflip = bool(OmegaConf.select(run_cfg, "augment.tta_hflip", default=False))
-    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, hflip)
-    matrix = confusion_matrix(model, target, normalize, dataset.num_classes, batch, hflip)
+    tta = TestTimeViews.from_config(run_cfg.augment)
+    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, tta)
+    matrix = confusion_matrix(model, target, normalize, dataset.num_classes, batch, tta)
     result = {
         "checkpoint": str(path),
         "epoch": saved["epoch"],

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from trainkit import console, data, distributed, hparams, runtime, transfer
 from trainkit import resume as resume_run
-from trainkit.augment import Augment
+from trainkit.augment import Augment, TestTimeViews
 from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
 from trainkit.diagnostics import Diagnostics
@@ -163,13 +163,20 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
             "(augment.hflip=0): test-time mirroring is likely to hurt (measured: 0.836 test acc "
             "with it vs 0.92 without); add augment.hflip=0.5"
         )
+    tta = TestTimeViews.from_config(cfg.augment)  # a resumed run may predate tta_shift
+    if tta.shift > cfg.augment.translate:
+        console.warn(
+            f"augment.tta_shift={tta.shift} but training shifts images by "
+            f"{cfg.augment.translate} px at most (augment.translate): test-time views shifted "
+            f"further are likely to hurt; set augment.translate={tta.shift} or more"
+        )
     autocast = runtime.autocast_dtype(cfg.trainer.precision, device)
     scaler = torch.amp.GradScaler(device.type) if autocast is torch.float16 else None
     forward = distributed.wrap(model, device) if distributed.enabled() else model
     training = Training(
         model, build_loss(cfg.loss), optimizer, scheduler, cfg.scheduler.interval, normalize,
         augment if augment.active else None, cfg.regularization, cfg.trainer, autocast, scaler,
-        torch.compile(forward) if cfg.trainer.compile else forward, cfg.augment.tta_hflip,
+        torch.compile(forward) if cfg.trainer.compile else forward, tta,
     )  # fmt: skip
     return dataset, training
 
@@ -231,9 +238,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         raise
     if state.interrupted:
         stop_interrupted(state, checkpointer, tensorboard, run_dir, dataset, model, start)
-    batch, hflip = cfg.trainer.eval_batch_size, training.tta_hflip
+    batch, tta = cfg.trainer.eval_batch_size, training.tta
     test = (
-        evaluate(model, dataset.test, training.normalize, training.loss_fn, batch, hflip)
+        evaluate(model, dataset.test, training.normalize, training.loss_fn, batch, tta)
         if diverged is None
         else {"loss": math.nan, "acc": math.nan}
     )
@@ -242,7 +249,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         from trainkit import plots  # matplotlib: 0.4 s to import, needed only here
 
         matrix = confusion_matrix(model, dataset.test, training.normalize, dataset.num_classes,
-                                  batch, hflip)  # fmt: skip
+                                  batch, tta)  # fmt: skip
         summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
         if pictures:
             figure = plots.confusion_figure(matrix, dataset.class_names)
@@ -287,11 +294,10 @@ def run_other_rank(
         raise UserError(str(e)) from None
     if state.interrupted:
         raise Interrupted(state.interrupted, f"rank {distributed.rank()} stopped")
-    batch, hflip = cfg.trainer.eval_batch_size, training.tta_hflip
-    test = evaluate(training.model, dataset.test, training.normalize, training.loss_fn, batch,
-                    hflip)  # fmt: skip
+    batch, tta = cfg.trainer.eval_batch_size, training.tta
+    test = evaluate(training.model, dataset.test, training.normalize, training.loss_fn, batch, tta)
     confusion_matrix(training.model, dataset.test, training.normalize, dataset.num_classes,
-                     batch, hflip)  # fmt: skip
+                     batch, tta)  # fmt: skip
     return {"best": state.best, "test": test}
 
 

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from trainkit import distributed
-from trainkit.augment import Augment
+from trainkit.augment import IMAGE_ONLY, Augment, TestTimeViews
 from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
 from trainkit.errors import UserError
@@ -172,7 +172,7 @@ class Training:
     autocast: torch.dtype | None = None  # trainer.precision's dtype for forward and loss
     scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling keeps small gradients
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled model, if asked
-    tta_hflip: bool = False  # evaluation averages each image's logits with its mirror's
+    tta: TestTimeViews = IMAGE_ONLY  # evaluation averages the logits of these views
 
     def __post_init__(self) -> None:
         self.penalized = weight_tensors(self.model)
@@ -367,19 +367,19 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
             module.eval()
 
 
-def predict(model: nn.Module, x: torch.Tensor, hflip: bool = False) -> torch.Tensor:
-    """Logits for a normalized batch; with `hflip`, the mean of the image's and its mirror's
-    (test-time augmentation for data whose classes are mirror-symmetric)."""
-    logits = model(x)
-    if hflip:
-        logits = (logits + model(x.flip(-1))) / 2
-    return logits
+def predict(
+    model: nn.Module, images: torch.Tensor, normalize: Normalizer,
+    tta: TestTimeViews = IMAGE_ONLY,
+) -> torch.Tensor:  # fmt: skip
+    """Logits for a batch of stored images: with `tta`, the mean of its views' logits."""
+    logits = [model(normalize(view)) for view in tta(images)]
+    return logits[0] if len(logits) == 1 else torch.stack(logits).mean(dim=0)
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, split: Split, normalize: Normalizer, loss_fn: LossFn, batch_size: int,
-    hflip: bool = False,
+    tta: TestTimeViews = IMAGE_ONLY,
 ) -> dict[str, float]:  # fmt: skip
     """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats).
     Under torchrun each rank evaluates its share and the sums are all-reduced."""
@@ -388,7 +388,7 @@ def evaluate(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for images, labels in batches(rank_share(split), batch_size):
-        logits = predict(model, normalize(images), hflip)
+        logits = predict(model, images, normalize, tta)
         loss_sum += loss_fn(logits, labels) * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
     loss_sum, correct = distributed.all_sum(loss_sum, correct)
@@ -403,13 +403,13 @@ def rank_share(split: Split) -> Split:
 @torch.inference_mode()
 def confusion_matrix(
     model: nn.Module, split: Split, normalize: Normalizer, num_classes: int, batch_size: int,
-    hflip: bool = False,
+    tta: TestTimeViews = IMAGE_ONLY,
 ) -> torch.Tensor:  # fmt: skip
     """[true, predicted] counts over `split`."""
     model = inference_copy(model)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=split.labels.device)
     for images, labels in batches(rank_share(split), batch_size):
-        predicted = predict(model, normalize(images), hflip).argmax(dim=1)
+        predicted = predict(model, images, normalize, tta).argmax(dim=1)
         counts += torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
     (counts,) = distributed.all_sum(counts)
     return counts.view(num_classes, num_classes)
@@ -468,8 +468,8 @@ def fit(
             train_time = progress.train_time_s + time.perf_counter() - start
             state.progress = None
             distributed.sync_buffers(t.model)  # one model to evaluate and checkpoint
-            val = evaluate(t.model, data.val, t.normalize, t.loss_fn, trainer.eval_batch_size,
-                           t.tta_hflip)  # fmt: skip
+            batch = trainer.eval_batch_size
+            val = evaluate(t.model, data.val, t.normalize, t.loss_fn, batch, t.tta)
             if t.scheduler is not None and t.scheduler_interval == "epoch":
                 if isinstance(t.scheduler, ReduceLROnPlateau):
                     t.scheduler.step(val["loss"])
