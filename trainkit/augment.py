@@ -87,9 +87,6 @@ class TestTimeViews:
         return cls(bool(OmegaConf.select(augment, "tta_hflip", default=False)),
                    int(OmegaConf.select(augment, "tta_shift", default=0)))  # fmt: skip
 
-    def __len__(self) -> int:
-        return (1 + 4 * (self.shift > 0)) * (1 + self.hflip)
-
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         views = [images]
         if self.shift > 0:

@@ -157,13 +157,13 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
         cfg.trainer.epochs,
     )  # fmt: skip
     augment = Augment(cfg.augment)
-    if cfg.augment.tta_hflip and not cfg.augment.hflip:
+    tta = TestTimeViews.from_config(cfg.augment)  # a resumed run may predate tta_shift
+    if tta.hflip and not cfg.augment.hflip:
         console.warn(
             "augment.tta_hflip=true but the model never sees mirrored images in training "
             "(augment.hflip=0): test-time mirroring is likely to hurt (measured: 0.836 test acc "
             "with it vs 0.92 without); add augment.hflip=0.5"
         )
-    tta = TestTimeViews.from_config(cfg.augment)  # a resumed run may predate tta_shift
     if tta.shift > cfg.augment.translate:
         console.warn(
             f"augment.tta_shift={tta.shift} but training shifts images by "
