@@ -29,6 +29,7 @@ from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
 from trainkit.errors import UserError
 from trainkit.models import inference_copy
+from trainkit.optim_step import step_function
 from trainkit.schedule import current_momentum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -257,6 +258,9 @@ def train_epoch(
     step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
     augment, normalize, optimizer, forward = t.augment, t.normalize, t.optimizer, t.forward
     precision, scaler = t.precision_context(device), t.scaler
+    optimizer_step = step_function(optimizer)  # optim_step.py: fused Adam without the Python
+    # optimizer.zero_grad(set_to_none=True) without its per-call profiler record and loops
+    optimized = [param for group in optimizer.param_groups for param in group["params"]]
     # Alone, a signal stops the run after the step in flight; under torchrun, at the next
     # merge of the ranks' sums, where they agree on it.
     ranks = distributed.enabled()
@@ -287,7 +291,8 @@ def train_epoch(
             l2_loss = l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
             loss = loss + l2_loss
             sums["l2"] += l2_loss.detach()
-        optimizer.zero_grad(set_to_none=True)
+        for param in optimized:
+            param.grad = None
         if scaler is None:
             loss.backward()
         else:  # fp16: scale the loss up so small gradients survive, unscale before clipping
@@ -299,7 +304,7 @@ def train_epoch(
         if clip_value is not None:
             nn.utils.clip_grad_value_(t.trainable, clip_value)
         if scaler is None:
-            optimizer.step()
+            optimizer_step()
         else:  # skips the step when the scaled gradients overflowed
             scaler.step(optimizer)
             scaler.update()
