@@ -15,7 +15,7 @@ from trainkit.callbacks import EarlyStopping
 from trainkit.data import Normalizer, Split
 from trainkit.loop import FitState, Training, train_epoch
 
-from .conftest import compose_config
+from .conftest import compose_config, small_overrides
 
 
 def one_step(model: nn.Module, *overrides: str, data_loss_zero: bool = True) -> dict:
@@ -287,3 +287,26 @@ def test_a_run_saved_before_tta_shift_existed_builds_without_it(fmnist_slice: Pa
     del saved["augment"]["tta_shift"]
     _, training = build(OmegaConf.create(saved))
     assert training.tta == TestTimeViews(hflip=True, shift=0)
+
+
+def test_validation_scores_the_image_alone_and_the_test_set_its_views(fmnist_slice: Path) -> None:
+    from trainkit.experiment import build, test_score
+    from trainkit.loop import evaluate, fit
+
+    cfg = compose_config([*small_overrides(fmnist_slice), "epochs=1", "augment=flip",
+                          "augment.translate=1", "augment.tta_hflip=true",
+                          "augment.tta_shift=1"])  # fmt: skip
+    dataset, training = build(cfg)
+    state = fit(training, dataset, [])
+    model, normalize, loss_fn = training.model, training.normalize, training.loss_fn
+    image = evaluate(model, dataset.val, normalize, loss_fn, 500)
+    views = evaluate(model, dataset.val, normalize, loss_fn, 500, training.tta)
+    assert state.history[-1]["val_loss"] == image["loss"] != views["loss"]
+
+    test = test_score(cfg, dataset, training)
+    assert (
+        test["loss"] == evaluate(model, dataset.test, normalize, loss_fn, 500, training.tta)["loss"]
+    )
+    matrix = test["confusion_matrix"]  # from the same predictions as the accuracy
+    assert matrix.shape == (10, 10) and int(matrix.sum()) == len(dataset.test)
+    assert int(matrix.trace()) / len(dataset.test) == test["acc"]

@@ -98,12 +98,13 @@ def global_batches(n: int, batch_size: int) -> int:
 
 
 def all_sum(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Each tensor summed over the ranks (one collective for all of them)."""
+    """Each tensor (any shape) summed over the ranks (one collective for all of them)."""
     if not enabled():
         return list(tensors)
-    flat = torch.stack([t.double() for t in tensors])  # float64: counts stay exact
+    flat = torch.cat([t.double().reshape(-1) for t in tensors])  # float64: counts stay exact
     dist.all_reduce(flat)
-    return [v.to(t.dtype) for v, t in zip(flat, tensors, strict=True)]
+    parts = flat.split([t.numel() for t in tensors])
+    return [v.view(t.shape).to(t.dtype) for v, t in zip(parts, tensors, strict=True)]
 
 
 def all_max(*tensors: torch.Tensor) -> list[torch.Tensor]:

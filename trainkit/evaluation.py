@@ -19,7 +19,7 @@ from trainkit.augment import TestTimeViews
 from trainkit.config import check_targets
 from trainkit.errors import UserError, first_line
 from trainkit.experiment import build_model
-from trainkit.loop import confusion_matrix, evaluate
+from trainkit.loop import evaluate
 from trainkit.losses import build_loss
 from trainkit.transfer import checkpoint_path
 
@@ -53,8 +53,9 @@ def evaluate_checkpoint(
     target = dataset.test if which == "test" else dataset.val
     batch = run_cfg.trainer.eval_batch_size
     tta = TestTimeViews.from_config(run_cfg.augment)
-    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, tta)
-    matrix = confusion_matrix(model, target, normalize, dataset.num_classes, batch, tta)
+    metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, tta,
+                       dataset.num_classes)  # fmt: skip
+    matrix = metrics.pop("confusion_matrix")
     result = {
         "checkpoint": str(path),
         "epoch": saved["epoch"],

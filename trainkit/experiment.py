@@ -30,7 +30,6 @@ from trainkit.loop import (
     Diverged,
     FitState,
     Training,
-    confusion_matrix,
     evaluate,
     fit,
     steps_per_epoch,
@@ -77,23 +76,27 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
 
 
 def dry_build(cfg: DictConfig) -> None:
-    """Build the model and optimizer on the meta device and run one forward pass: any problem
-    with their settings surfaces here, before a run starts, at no cost in memory or time."""
+    """Build the model and optimizer on the meta device and run one forward pass of 2 images:
+    any problem with their settings surfaces here, before a run starts, at little cost in
+    memory or time."""
     spec = data.spec(cfg.data)
     if len(cfg.data.mean) != spec.input_shape[0]:
         raise UserError(
             f"data.mean has {len(cfg.data.mean)} values but {cfg.data.name} images have "
             f"{spec.input_shape[0]} channel(s)"
         )
+    n_classes = len(cfg.data.classes) if cfg.data.classes else 10
+    # The forward pass runs on the CPU, not on meta tensors: meta batch norm goes through
+    # torch's Python decompositions, whose import took 1.5-2 s of every start-up.
+    probe = build_model(cfg.model, spec.input_shape, n_classes)
+    try:
+        with torch.no_grad():
+            probe(torch.zeros(2, *spec.input_shape))
+    except RuntimeError as e:
+        raise UserError(f"model cannot run on {cfg.data.name} images: {first_line(e)}") from None
+    del probe
     with torch.device("meta"):
-        n_classes = len(cfg.data.classes) if cfg.data.classes else 10
         model = build_model(cfg.model, spec.input_shape, n_classes)
-        try:
-            model(torch.empty(2, *spec.input_shape))
-        except RuntimeError as e:
-            raise UserError(
-                f"model cannot run on {cfg.data.name} images: {first_line(e)}"
-            ) from None
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
             warnings.simplefilter("ignore")
             transfer.apply(model, cfg.model)
@@ -238,18 +241,16 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         raise
     if state.interrupted:
         stop_interrupted(state, checkpointer, tensorboard, run_dir, dataset, model, start)
-    batch, tta = cfg.trainer.eval_batch_size, training.tta
-    test = (
-        evaluate(model, dataset.test, training.normalize, training.loss_fn, batch, tta)
-        if diverged is None
-        else {"loss": math.nan, "acc": math.nan}
-    )
-    summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
+    matrix = None
     if diverged is None:
+        test = test_score(cfg, dataset, training)
+        matrix = test.pop("confusion_matrix")
+    else:
+        test = {"loss": math.nan, "acc": math.nan}
+    summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
+    if matrix is not None:
         from trainkit import plots  # matplotlib: 0.4 s to import, needed only here
 
-        matrix = confusion_matrix(model, dataset.test, training.normalize, dataset.num_classes,
-                                  batch, tta)  # fmt: skip
         summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
         if pictures:
             figure = plots.confusion_figure(matrix, dataset.class_names)
@@ -265,6 +266,12 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     if diverged is not None:
         raise UserError(f"{diverged}; the last good checkpoint is {run_dir}/checkpoints/last.pt")
     return summary
+
+
+def test_score(cfg: DictConfig, dataset: data.Data, training: Training) -> dict:
+    """Loss, accuracy and confusion matrix on the test set, with test-time augmentation."""
+    return evaluate(training.model, dataset.test, training.normalize, training.loss_fn,
+                    cfg.trainer.eval_batch_size, training.tta, dataset.num_classes)  # fmt: skip
 
 
 def deciding_callbacks(cfg: DictConfig, model: nn.Module) -> list[Callback]:
@@ -294,10 +301,8 @@ def run_other_rank(
         raise UserError(str(e)) from None
     if state.interrupted:
         raise Interrupted(state.interrupted, f"rank {distributed.rank()} stopped")
-    batch, tta = cfg.trainer.eval_batch_size, training.tta
-    test = evaluate(training.model, dataset.test, training.normalize, training.loss_fn, batch, tta)
-    confusion_matrix(training.model, dataset.test, training.normalize, dataset.num_classes,
-                     batch, tta)  # fmt: skip
+    test = test_score(cfg, dataset, training)
+    del test["confusion_matrix"]
     return {"best": state.best, "test": test}
 
 
