@@ -167,3 +167,19 @@ def test_max_pool_runs_before_an_activation_it_commutes_with() -> None:
     x = torch.randn(8, 4, 6, 6)
     for act in (nn.ReLU(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid()):
         assert torch.equal(nn.MaxPool2d(2)(act(x)), act(nn.MaxPool2d(2)(x)))
+
+
+def test_pool_first_normalizes_the_pooled_values_and_is_never_folded_across_the_pool() -> None:
+    torch.manual_seed(0)
+    model = model_of("model=cnn", "model.channels=[4,8]", "model.pool_first=true")
+    order = [name for name, _ in model.features.named_children()]
+    assert order == ["conv1", "pool1", "bn1", "act1", "conv2", "pool2", "bn2", "act2"]
+    model.train()
+    x = torch.randn(16, 1, 28, 28)
+    model(x)  # batch norm's statistics: of the pooled 14x14 maps, not of the 28x28 conv output
+    pooled = nn.MaxPool2d(2)(model.features.conv1(x))
+    assert torch.allclose(model.features.bn1.running_mean, 0.1 * pooled.mean(dim=(0, 2, 3)),
+                          atol=1e-6)  # fmt: skip
+    # No conv directly before a batch norm: nothing folded (max(affine(a), affine(b)) is not
+    # affine(max(a, b)) for a negative scale)
+    assert inference_copy(model) is model

@@ -77,6 +77,7 @@ class CNNConfig(ModelConfig):
     batch_norm: bool = False
     dropout: float = 0.0
     input_dropout: float = 0.0
+    pool_first: bool = False
 
 
 @dataclass

@@ -76,7 +76,11 @@ class CNN(nn.Module):
     max-pool -> [dropout]; then flatten -> Linear(hidden) -> activation -> [dropout] -> head.
     With an activation that commutes with max-pooling, the pool runs first: the same function,
     with the activation (and its backward) on a quarter of the values (measured: the default
-    CNN's step 8% faster on CPU)."""
+    CNN's step 8% faster on CPU).
+
+    `pool_first`: conv -> max-pool -> [batch norm] -> activation, a different model (batch
+    norm's statistics are those of the pooled values) whose batch norm runs on a quarter of
+    the values: the speedrun CNN's step 8-16% faster on CPU."""
 
     def __init__(
         self,
@@ -89,6 +93,7 @@ class CNN(nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         input_dropout: float = 0.0,
+        pool_first: bool = False,
     ) -> None:
         super().__init__()
         in_ch, height, width = input_shape
@@ -98,9 +103,13 @@ class CNN(nn.Module):
         for i, out_ch in enumerate(channels, start=1):
             conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding="same", bias=not batch_norm)
             layers[f"conv{i}"] = conv
+            if pool_first:
+                layers[f"pool{i}"] = nn.MaxPool2d(2)
             if batch_norm:
                 layers[f"bn{i}"] = nn.BatchNorm2d(out_ch)
-            if activation in COMMUTE_WITH_MAX:  # the same function on 4x fewer values
+            if pool_first:
+                layers[f"act{i}"] = _activation(activation)
+            elif activation in COMMUTE_WITH_MAX:  # the same function on 4x fewer values
                 layers[f"pool{i}"] = nn.MaxPool2d(2)
                 layers[f"act{i}"] = _activation(activation)
             else:
