@@ -43,8 +43,9 @@ from torch import nn
 BATCH = 128
 # Each measurement times WINDOWS windows of WINDOW steps and keeps the fastest, as timeit keeps
 # the fastest repeat: this VM's speed drops by up to half for 5-30 s at a time, in any loop
-# (no steal time shows in /proc/stat), and noise of that kind only ever slows a window down. A window holds one diagnostics sample (every 100 steps) and two log-interval
-# syncs (every 50): the fastest cannot leave out trainkit's periodic costs.
+# (no steal time shows in /proc/stat), and noise of that kind only ever slows a window down.
+# A window holds one diagnostics sample (every 100 steps) and two log-interval syncs (every
+# 50): the fastest cannot leave out trainkit's periodic costs.
 WINDOW = 100
 WINDOWS = {"cnn": 3, "mlp": 12}
 WARMUP_STEPS = 10

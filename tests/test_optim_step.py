@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from trainkit import optim_step
 from trainkit.experiment import param_groups
 from trainkit.optim_step import LeanAdamStep, step_function
+
+from .conftest import compose_config, small_overrides
+
+
+@pytest.fixture
+def lean_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per param group the lean path updated: a fallback to optimizer.step() adds none."""
+    calls: list[int] = []
+    real = optim_step.update
+
+    def counted(group: dict, params: list, states: list) -> None:
+        calls.append(len(params))
+        real(group, params, states)
+
+    monkeypatch.setattr(optim_step, "update", counted)
+    return calls
 
 
 def two_layer_net() -> nn.Module:
@@ -20,7 +38,8 @@ def two_layer_net() -> nn.Module:
 def train(
     net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, lean: bool, lean_step=None
 ) -> None:  # fmt: skip
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    # Half a cosine: the lr changes every step and never reaches 0, even over two calls
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2 * steps)
     step = (lean_step or step_function(optimizer)) if lean else optimizer.step  # after the
     # schedule wrapped optimizer.step
     data = torch.Generator().manual_seed(1)
@@ -33,20 +52,23 @@ def train(
 
 
 @pytest.mark.parametrize(
-    ("optimizer_class", "weight_decay"),
-    [(torch.optim.Adam, 0.0), (torch.optim.Adam, 0.01), (torch.optim.AdamW, 0.05)],
-)
+    ("optimizer_class", "weight_decay", "maximize"),
+    [(torch.optim.Adam, 0.0, False), (torch.optim.Adam, 0.01, False),
+     (torch.optim.AdamW, 0.05, False), (torch.optim.Adam, 0.0, True)],
+)  # fmt: skip
 def test_lean_step_gives_the_same_weights_and_state_as_optimizer_step(
-    optimizer_class: type, weight_decay: float
+    optimizer_class: type, weight_decay: float, maximize: bool, lean_updates: list[int]
 ) -> None:
     results = []
     for lean in (False, True):
         net = two_layer_net()
         groups = param_groups(net, weight_decay)  # two groups with weight decay, as trainkit
-        optimizer = optimizer_class(groups, lr=0.01, weight_decay=weight_decay, fused=True)
+        optimizer = optimizer_class(groups, lr=0.01, weight_decay=weight_decay, fused=True,
+                                    maximize=maximize)  # fmt: skip
         assert isinstance(step_function(optimizer), LeanAdamStep)
         train(net, optimizer, steps=7, lean=lean)
         results.append((net.state_dict(), optimizer.state_dict()))
+    assert len(lean_updates) == 6 * len(groups)  # all steps but the first took the lean path
     (weights, state), (lean_weights, lean_state) = results
     assert weights["0.weight"].ne(two_layer_net().state_dict()["0.weight"]).all()  # it trained
     for name, value in weights.items():
@@ -58,7 +80,7 @@ def test_lean_step_gives_the_same_weights_and_state_as_optimizer_step(
     assert state["param_groups"] == lean_state["param_groups"]
 
 
-def test_lean_step_reads_the_state_a_resumed_optimizer_loaded() -> None:
+def test_lean_step_reads_the_state_a_resumed_optimizer_loaded(lean_updates: list[int]) -> None:
     net = two_layer_net()
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
     train(net, optimizer, steps=3, lean=True)
@@ -73,10 +95,42 @@ def test_lean_step_reads_the_state_a_resumed_optimizer_loaded() -> None:
         train(net, optimizer, steps=2, lean=lean, lean_step=lean_step)
         results.append({k: v.clone() for k, v in net.state_dict().items()})
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert not torch.equal(results[1]["0.weight"], saved[0]["0.weight"])  # it trained on
     assert float(optimizer.state_dict()["state"][0]["step"]) == 5.0
+    assert len(lean_updates) == 2 + 1  # 3 steps then 2, the first of each by optimizer.step
 
 
-def test_lean_step_skips_parameters_without_gradients_as_adam_does() -> None:
+def test_a_group_no_longer_fused_steps_through_optimizer_step(lean_updates: list[int]) -> None:
+    net = two_layer_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+    step = step_function(optimizer)
+    train(net, optimizer, steps=2, lean=True, lean_step=step)
+    assert len(lean_updates) == 1
+    saved = optimizer.state_dict()
+    saved["param_groups"][0]["fused"] = False  # e.g. a checkpoint of another setting
+    optimizer.load_state_dict(saved)
+    before = net[0].weight.detach().clone()
+    train(net, optimizer, steps=2, lean=True, lean_step=step)
+    assert len(lean_updates) == 1  # both steps by optimizer.step, which still trained
+    assert not torch.equal(before, net[0].weight)
+    assert float(optimizer.state[net[0].weight]["step"]) == 4.0
+
+
+def test_training_steps_take_the_lean_path(fmnist_slice: Path, lean_updates: list[int]) -> None:
+    from trainkit.experiment import build
+    from trainkit.loop import fit
+
+    cfg = compose_config([*small_overrides(fmnist_slice), "epochs=2", "batch_size=100"])
+    dataset, training = build(cfg)
+    assert training.optimizer.param_groups[0]["fused"]  # trainkit's default: fused Adam
+    fit(training, dataset, [])
+    steps = len(dataset.train) // 100  # per epoch; the first of each through optimizer.step
+    assert len(lean_updates) == 2 * (steps - 1)
+
+
+def test_lean_step_skips_parameters_without_gradients_as_adam_does(
+    lean_updates: list[int],
+) -> None:
     net = two_layer_net()
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
     step = step_function(optimizer)
@@ -88,6 +142,7 @@ def test_lean_step_skips_parameters_without_gradients_as_adam_does() -> None:
         step()
     assert torch.equal(unused.detach(), torch.ones(4))
     assert unused not in optimizer.state
+    assert lean_updates == [4, 4]  # the lean path ran, on the net's 4 tensors only
     assert float(optimizer.state[net[0].weight]["step"]) == 3.0
 
 

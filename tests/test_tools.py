@@ -127,7 +127,8 @@ def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_scores_it(
 ) -> None:
     from trainkit.evaluation import evaluate_checkpoint
 
-    overrides = [*small_overrides(fmnist_slice, "cnn"), "epochs=1"]
+    overrides = [*small_overrides(fmnist_slice, "cnn"), "epochs=1", "augment=flip",
+                 "augment.tta_hflip=true"]  # fmt: skip
     summary = run(compose_config(overrides), tmp_path / "run")
     # Only data location and device come from this config: the model is the checkpoint's.
     here = compose_config([f"data.root={fmnist_slice}", "data.download=false"])
@@ -138,6 +139,8 @@ def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_scores_it(
     assert result["confusion_matrix"]["counts"] == summary["confusion_matrix"]["counts"]
     val = evaluate_checkpoint(here, tmp_path / "eval", ckpt=[str(tmp_path / "run")], split=["val"])
     assert val["samples"] == 200 and val["acc"] == pytest.approx(summary["best"]["val_acc"])
+    # as the run scored them: the test set with test-time mirroring, val with the image alone
+    assert val["loss"] == pytest.approx(summary["best"]["val_loss"], rel=1e-5)
 
 
 def test_evaluate_from_the_command_line_says_what_is_wrong(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ class AugmentConfig:
     translate: int = 0  # shift by up to this many pixels in x and in y
     rotate: float = 0.0  # rotate by up to this many degrees either way
     zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range
-    tta_hflip: bool = False  # the test set's scores average the logits of image and mirror
+    tta_hflip: bool = False  # test-set scores average the logits of image and mirror (not val's)
     tta_shift: int = 0  # ... and of the image shifted by this many pixels up, down, left, right
 
 

@@ -2,8 +2,10 @@
 
 The model, data split, normalization and loss come from the checkpoint's own config, so a run
 rebuilds itself. Only where and how to run comes from the command line: data.root,
-data.download, trainer.device and trainer.eval_batch_size. Prints loss, accuracy and the
-confusion matrix; writes evaluation.json into outputs/evaluate/<date>/<time>/.
+data.download, trainer.device and trainer.eval_batch_size. The test set is scored with the
+run's test-time views (augment.tta_*), val with the image alone, as the run scored them.
+Prints loss, accuracy and the confusion matrix; writes evaluation.json into
+outputs/evaluate/<date>/<time>/.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from trainkit import checkpoint, console, data, runtime
-from trainkit.augment import TestTimeViews
+from trainkit.augment import IMAGE_ONLY, TestTimeViews
 from trainkit.config import check_targets
 from trainkit.errors import UserError, first_line
 from trainkit.experiment import build_model
@@ -52,7 +54,8 @@ def evaluate_checkpoint(
     normalize = data.Normalizer(run_cfg.data.mean, run_cfg.data.std, device)
     target = dataset.test if which == "test" else dataset.val
     batch = run_cfg.trainer.eval_batch_size
-    tta = TestTimeViews.from_config(run_cfg.augment)
+    # As the run scored them: the test set with its test-time views, val with the image alone
+    tta = TestTimeViews.from_config(run_cfg.augment) if which == "test" else IMAGE_ONLY
     metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, tta,
                        dataset.num_classes)  # fmt: skip
     matrix = metrics.pop("confusion_matrix")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -78,7 +79,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
 def dry_build(cfg: DictConfig) -> None:
     """Build the model and optimizer on the meta device and run one forward pass of 2 images:
     any problem with their settings surfaces here, before a run starts, at little cost in
-    memory or time."""
+    memory (the model's size, uninitialized, for a moment) or time."""
     spec = data.spec(cfg.data)
     if len(cfg.data.mean) != spec.input_shape[0]:
         raise UserError(
@@ -86,9 +87,12 @@ def dry_build(cfg: DictConfig) -> None:
             f"{spec.input_shape[0]} channel(s)"
         )
     n_classes = len(cfg.data.classes) if cfg.data.classes else 10
-    # The forward pass runs on the CPU, not on meta tensors: meta batch norm goes through
-    # torch's Python decompositions, whose import took 1.5-2 s of every start-up.
-    probe = build_model(cfg.model, spec.input_shape, n_classes)
+    with torch.device("meta"):
+        model = build_model(cfg.model, spec.input_shape, n_classes)
+    # The forward pass runs on uninitialized CPU memory (no initializers run, no weights load),
+    # not on meta tensors: meta batch norm goes through torch's Python decompositions, whose
+    # import took 1.5-2 s of every start-up.
+    probe = copy.deepcopy(model).to_empty(device="cpu")
     try:
         with torch.no_grad():
             probe(torch.zeros(2, *spec.input_shape))
@@ -96,7 +100,6 @@ def dry_build(cfg: DictConfig) -> None:
         raise UserError(f"model cannot run on {cfg.data.name} images: {first_line(e)}") from None
     del probe
     with torch.device("meta"):
-        model = build_model(cfg.model, spec.input_shape, n_classes)
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
             warnings.simplefilter("ignore")
             transfer.apply(model, cfg.model)

@@ -259,8 +259,6 @@ def train_epoch(
     augment, normalize, optimizer, forward = t.augment, t.normalize, t.optimizer, t.forward
     precision, scaler = t.precision_context(device), t.scaler
     optimizer_step = step_function(optimizer)  # optim_step.py: fused Adam without the Python
-    # optimizer.zero_grad(set_to_none=True) without its per-call profiler record and loops
-    optimized = [param for group in optimizer.param_groups for param in group["params"]]
     # Alone, a signal stops the run after the step in flight; under torchrun, at the next
     # merge of the ranks' sums, where they agree on it.
     ranks = distributed.enabled()
@@ -291,8 +289,9 @@ def train_epoch(
             l2_loss = l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
             loss = loss + l2_loss
             sums["l2"] += l2_loss.detach()
-        for param in optimized:
-            param.grad = None
+        for group in optimizer.param_groups:  # zero_grad(set_to_none=True) without its
+            for param in group["params"]:  # profiler record and grouping: ~3% of an MLP step
+                param.grad = None
         if scaler is None:
             loss.backward()
         else:  # fp16: scale the loss up so small gradients survive, unscale before clipping

@@ -37,16 +37,21 @@ def lean_group(group: dict) -> bool:
 
 class LeanAdamStep:
     """One fused Adam/AdamW step on the optimizer's state, read afresh every call (a resumed run
-    loads new state tensors). Until every parameter with a gradient has state (the first step,
-    or one that just got a gradient), and whenever step hooks are registered, it is
-    `optimizer.step()`, which creates the state and runs the hooks."""
+    loads new state tensors). It is `optimizer.step()` on its first call (an LR scheduler
+    learns there that the optimizer stepped, and the state gets created), whenever a parameter
+    with a gradient has no state yet, whenever step hooks are registered, and whenever a param
+    group has become one the lean step does not cover (`lean_group`). Unlike
+    `optimizer.step()`, it leaves no "Optimizer.step" record in torch.profiler traces."""
 
     def __init__(self, optimizer: Adam) -> None:
         self.optimizer = optimizer
+        self.stepped = False
 
     def __call__(self) -> None:
         opt = self.optimizer
-        if hooked(opt):
+        lean = self.stepped and not hooked(opt) and all(map(lean_group, opt.param_groups))
+        self.stepped = True
+        if not lean:
             opt.step()
             return
         updates = []
