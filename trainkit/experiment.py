@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import signal
@@ -89,21 +88,19 @@ def dry_build(cfg: DictConfig) -> None:
     n_classes = len(cfg.data.classes) if cfg.data.classes else 10
     with torch.device("meta"):
         model = build_model(cfg.model, spec.input_shape, n_classes)
-    # The forward pass runs on uninitialized CPU memory (no initializers run, no weights load),
-    # not on meta tensors: meta batch norm goes through torch's Python decompositions, whose
-    # import took 1.5-2 s of every start-up.
-    probe = copy.deepcopy(model).to_empty(device="cpu")
-    try:
-        with torch.no_grad():
-            probe(torch.zeros(2, *spec.input_shape))
-    except RuntimeError as e:
-        raise UserError(f"model cannot run on {cfg.data.name} images: {first_line(e)}") from None
-    del probe
-    with torch.device("meta"):
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
             warnings.simplefilter("ignore")
             transfer.apply(model, cfg.model)
         build_optimizer(cfg.optimizer, model)
+    # The forward pass runs on uninitialized CPU memory (no initializers run, no weights load),
+    # not on meta tensors: meta batch norm goes through torch's Python decompositions, whose
+    # import took 1.5-2 s of every start-up.
+    model.to_empty(device="cpu")
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *spec.input_shape))
+    except RuntimeError as e:
+        raise UserError(f"model cannot run on {cfg.data.name} images: {first_line(e)}") from None
     build_loss(cfg.loss)
 
 
