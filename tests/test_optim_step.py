@@ -168,3 +168,61 @@ def test_step_hooks_still_run() -> None:
 def test_other_optimizers_step_with_their_own_step(make) -> None:  # noqa: ANN001
     optimizer = make(two_layer_net().parameters())
     assert step_function(optimizer) == optimizer.step
+
+
+def conv_net(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).to(
+        dtype
+    )
+
+
+@pytest.mark.parametrize("case", ["channels_last", "two_dtypes"])
+def test_lean_step_on_permuted_layouts_and_mixed_dtypes_matches_optimizer_step(
+    case: str, lean_updates: list[int]
+) -> None:
+    """Channels-last conv weights are updated through their row-major permutation; a group
+    mixing dtypes goes through torch's functional Adam, which groups the tensors."""
+    data = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(8, 2, 6, 6, generator=data), torch.randint(0, 3, (8,), generator=data))
+               for _ in range(5)]  # fmt: skip
+    results = []
+    for lean in (False, True):
+        net = conv_net()
+        if case == "channels_last":
+            net = net.to(memory_format=torch.channels_last)
+            assert not net[0].weight.is_contiguous()
+        else:
+            net[3].double()  # the head's weight and bias in float64
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+        step = step_function(optimizer) if lean else optimizer.step
+        for x, y in batches:
+            optimizer.zero_grad()
+            out = net[3](net[2](net[1](net[0](x))).to(net[3].weight.dtype))
+            nn.functional.cross_entropy(out, y).backward()
+            step()
+        results.append(net.state_dict())
+    assert len(lean_updates) == 4
+    for name, value in results[0].items():
+        assert torch.equal(value, results[1][name]), name
+    assert not torch.equal(results[0]["0.weight"], conv_net().state_dict()["0.weight"])
+
+
+def test_step_counts_advance_together_and_apart_as_gradients_come() -> None:
+    """The step counts become views of one tensor, advanced by one add, yet each parameter's
+    count is its own: the head, frozen for two steps, ends two steps behind, as with
+    optimizer.step()."""
+    counts = []
+    for lean in (False, True):
+        net = two_layer_net()
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+        step = step_function(optimizer) if lean else optimizer.step
+        for i in range(8):
+            net[2].requires_grad_(i not in (3, 4))
+            optimizer.zero_grad()
+            net(torch.randn(2, 6)).sum().backward()
+            step()
+        counts.append([float(optimizer.state[p]["step"]) for p in net.parameters()])
+        storages = {s["step"].untyped_storage().data_ptr() for s in optimizer.state.values()}
+        assert len(storages) == (1 if lean else 4)
+    assert counts[0] == counts[1] == [8.0, 8.0, 6.0, 6.0]

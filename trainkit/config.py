@@ -332,6 +332,7 @@ class TrainerConfig:
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
     threads: int | None = None  # torch intra-op threads; None: torch's default
     channels_last: bool = True  # NHWC memory layout for 4-D batches: ~1.4x faster CNNs on CPU
+    transposed_linear: bool = True  # wide Linear weights column-major on CPU (layout.py)
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of forward and loss where it is fast
     compile: bool = False  # torch.compile the training forward (cold compile: ~30 s on CPU)
     max_steps_per_epoch: int | None = None  # cut epochs short, for debugging

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, distributed, hparams, runtime, transfer
+from trainkit import console, data, distributed, hparams, layout, runtime, transfer
 from trainkit import resume as resume_run
 from trainkit.augment import Augment, TestTimeViews
 from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
@@ -154,6 +154,8 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.transposed_linear and device.type == "cpu":  # layout.py: measured on CPU
+        layout.transpose_wide_linears(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(
         cfg.scheduler, optimizer, steps_per_epoch(len(dataset.train), cfg.trainer),

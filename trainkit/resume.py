@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from trainkit import checkpoint, runtime
+from trainkit import checkpoint, layout, runtime
 from trainkit.callbacks import Callback
 from trainkit.config import check_targets
 from trainkit.errors import UserError, first_line
@@ -164,6 +164,7 @@ def restore(saved: dict, t: Training, callbacks: list[Callback], device: object)
     try:
         t.model.load_state_dict(saved["model"])
         t.optimizer.load_state_dict(saved["optimizer"])
+        layout.match_state_to_params(t.optimizer)  # saved on another device: other layouts
         if t.scheduler is not None and saved["scheduler"] is not None:
             t.scheduler.load_state_dict(saved["scheduler"])
         if t.scaler is not None and saved.get("scaler") is not None:
