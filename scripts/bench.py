@@ -45,9 +45,13 @@ BATCH = 128
 # the fastest repeat: this VM's speed drops by up to half for 5-30 s at a time, in any loop
 # (no steal time shows in /proc/stat), and noise of that kind only ever slows a window down.
 # A window holds one diagnostics sample (every 100 steps) and two log-interval syncs (every
-# 50): the fastest cannot leave out trainkit's periodic costs.
+# 50): the fastest cannot leave out trainkit's periodic costs. Each measurement also goes on
+# until its windows span MIN_SECONDS: with a fixed count alone, a fast loop's windows (12 MLP
+# windows of trainkit: 2 s) could all fall in one slow stretch while a slow loop's (the
+# tutorial's: 17 s) outlast it.
 WINDOW = 100
-WINDOWS = {"cnn": 3, "mlp": 12}
+WINDOWS = {"cnn": 3, "mlp": 12}  # at least
+MIN_SECONDS = 10.0
 WARMUP_STEPS = 10
 LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yaml
@@ -67,7 +71,7 @@ def trainkit_cfg(model: str, threads: int, augment: bool):  # noqa: ANN201
         f"trainer.batch_size={BATCH}",
         f"trainer.threads={threads}",
         f"trainer.max_steps_per_epoch={WINDOW}",  # an epoch is a window
-        f"trainer.epochs={1 + WINDOWS[model]}",  # the first epoch is the warm-up
+        "trainer.epochs=100000",  # the first epoch is the warm-up; MeasuredEnough stops it
         "data.download=false",
         "diagnostics.pictures=false",
         f"augment={'standard' if augment else 'none'}",
@@ -79,10 +83,19 @@ def trainkit_cfg(model: str, threads: int, augment: bool):  # noqa: ANN201
 
 def run_trainkit(model: str, threads: int, augment: bool) -> dict:
     from trainkit import experiment, hparams
-    from trainkit.callbacks import CSVLogger, TensorBoardLogger
+    from trainkit.callbacks import Callback, CSVLogger, TensorBoardLogger
     from trainkit.console import ProgressPrinter
     from trainkit.diagnostics import Diagnostics
-    from trainkit.loop import evaluate, fit
+    from trainkit.loop import FitState, evaluate, fit
+
+    class MeasuredEnough(Callback):
+        """Stops the fit once its epochs after the warm-up are enough_windows."""
+
+        def on_epoch_end(self, state: FitState, metrics: dict) -> None:
+            if state.epoch == 1:  # the warm-up
+                self.first = time.perf_counter()
+            elif enough_windows(state.epoch - 1, model, time.perf_counter() - self.first):
+                state.stop = True
 
     cfg = trainkit_cfg(model, threads, augment)
     dataset, t = experiment.build(cfg)
@@ -91,7 +104,7 @@ def run_trainkit(model: str, threads: int, augment: bool) -> dict:
                                hparams.collect(cfg), cfg.trainer.monitor)  # fmt: skip
         callbacks = [ProgressPrinter(), tb, CSVLogger(Path(logdir) / "metrics.csv"),
                      Diagnostics(cfg.diagnostics, t.model, tb.writer)]  # fmt: skip
-        state = fit(t, dataset, callbacks)
+        state = fit(t, dataset, [*callbacks, MeasuredEnough()])
         tb.close("completed")
     batch = cfg.trainer.eval_batch_size
     return {
@@ -162,13 +175,18 @@ def run_tutorial(model: str, raw_root: str) -> dict:
 
 
 def timed_windows(train, model: str) -> float:  # noqa: ANN001
-    """Samples/s of the fastest window of WINDOW steps."""
+    """Samples/s of the fastest window of WINDOW steps (enough_windows says how many)."""
     rates = []
-    for _ in range(WINDOWS[model]):
+    first = time.perf_counter()
+    while not enough_windows(len(rates), model, time.perf_counter() - first):
         start = time.perf_counter()
         train(WINDOW)
         rates.append(WINDOW * BATCH / (time.perf_counter() - start))
     return max(rates)
+
+
+def enough_windows(count: int, model: str, seconds: float) -> bool:
+    return count >= WINDOWS[model] and seconds >= MIN_SECONDS
 
 
 def run_bare(model: str, channels_last: bool, fused: bool) -> dict:
@@ -183,15 +201,15 @@ def run_bare(model: str, channels_last: bool, fused: bool) -> dict:
         X, net = X.to(memory_format=torch.channels_last), net.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused or None)
-    steps = WARMUP_STEPS + WINDOW * WINDOWS[model]
-    order = torch.cat([torch.randperm(len(y)) for _ in range(-(-steps * BATCH // len(y)))])
+    order, batches = torch.randperm(len(y)), len(y) // BATCH  # an epoch's batches, over again
     done = 0
 
     def train(n_steps: int) -> None:
         nonlocal done
         net.train()
         for step in range(done, done + n_steps):
-            idx = order[step * BATCH : (step + 1) * BATCH]
+            start = step % batches * BATCH
+            idx = order[start : start + BATCH]
             loss = loss_fn(net(X[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
