@@ -129,6 +129,15 @@ def test_verdict_rules(curve: list[dict], verdict: str) -> None:
     assert diagnose(curve, VERDICT)["verdict"] == verdict
 
 
+def test_advice_leaves_out_what_the_run_already_does() -> None:
+    plateau = rows(*[(0.3, 0.3, 0.9, 0.89)] * 4)
+    advice = diagnose(plateau, VERDICT)["advice"]
+    assert "scheduler=onecycle" in advice and "scheduler=plateau" in advice
+    advice = diagnose(plateau, VERDICT, choices={"scheduler": "onecycle", "model": "cnn"})["advice"]
+    assert "scheduler=onecycle" not in advice
+    assert advice == ["scheduler=plateau", "lr=<a third of this one>"]
+
+
 def test_histogram_is_binned_by_torch_as_numpy_bins_it(tmp_path: Path) -> None:
     noise = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 0.05
     values = torch.cat([noise, torch.tensor([float("nan"), float("inf")])])

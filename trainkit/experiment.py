@@ -259,7 +259,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             tensorboard.writer.add_figure("confusion_matrix", figure, state.epoch)
             plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["status"] = "completed" if diverged is None else "failed"
-    summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None)
+    summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None,
+                                    hparams.group_choices())  # fmt: skip
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for cb in callbacks:

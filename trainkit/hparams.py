@@ -43,14 +43,17 @@ def metric_tags(monitor: str) -> list[str]:
             f"best/{monitor}"]  # fmt: skip
 
 
+def group_choices() -> dict[str, Any]:
+    """Config group -> the option this job chose (empty outside a Hydra app, as in tests)."""
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
 def collect(cfg: DictConfig) -> dict[str, bool | float | str]:
     """The hparams of this job: group choices, the core keys and the overridden keys."""
-    choices: dict[str, Any] = {}
+    choices = group_choices()
     overridden: list[str] = []
     if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        choices = dict(hydra_cfg.runtime.choices)
-        overridden = [key_of(o) for o in hydra_cfg.overrides.task]
+        overridden = [key_of(o) for o in HydraConfig.get().overrides.task]
     values: dict[str, Any] = {group: choices.get(group, "") for group in GROUPS}
     for key in [*CORE_KEYS, *sorted(overridden)]:
         if key in values or key in NOT_HPARAMS or key.startswith("hydra"):

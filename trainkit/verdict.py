@@ -30,11 +30,16 @@ ADVICE = {
 }  # fmt: skip
 
 
-def diagnose(history: list[dict], cfg: DictConfig, diverged: bool = False) -> dict:
-    """{'verdict': ..., 'evidence': {numbers}, 'advice': [overrides worth trying next]}."""
+def diagnose(
+    history: list[dict], cfg: DictConfig, diverged: bool = False, choices: dict | None = None
+) -> dict:
+    """{'verdict': ..., 'evidence': {numbers}, 'advice': [overrides worth trying next]}.
+    `choices` (group -> option, Hydra's runtime choices): advice the run already follows, such
+    as scheduler=onecycle to a one-cycle run, is left out."""
     if not history:  # stopped inside the first epoch
         verdict = "diverged" if diverged else "good fit"
-        return {"verdict": verdict, "evidence": {"epochs": 0}, "advice": ADVICE[verdict]}
+        return {"verdict": verdict, "evidence": {"epochs": 0},
+                "advice": advice(verdict, choices)}  # fmt: skip
     first, last = history[0], history[-1]
     losses = [m[k] for m in history for k in ("train_loss", "val_loss")]
     best = min(history, key=lambda m: m["val_loss"] if math.isfinite(m["val_loss"]) else math.inf)
@@ -62,4 +67,9 @@ def diagnose(history: list[dict], cfg: DictConfig, diverged: bool = False) -> di
         verdict = "plateaued"
     else:
         verdict = "good fit"
-    return {"verdict": verdict, "evidence": evidence, "advice": ADVICE[verdict]}
+    return {"verdict": verdict, "evidence": evidence, "advice": advice(verdict, choices)}
+
+
+def advice(verdict: str, choices: dict | None) -> list[str]:
+    chosen = {f"{group}={option}" for group, option in (choices or {}).items()}
+    return [line for line in ADVICE[verdict] if line not in chosen]
