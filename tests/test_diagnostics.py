@@ -15,6 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from trainkit.diagnostics import HISTOGRAM_BINS, write_histogram
 from trainkit.errors import UserError
 from trainkit.experiment import run
+from trainkit.hparams import group_choices
 from trainkit.verdict import diagnose
 
 from .conftest import compose_config, small_overrides
@@ -136,6 +137,16 @@ def test_advice_leaves_out_what_the_run_already_does() -> None:
     advice = diagnose(plateau, VERDICT, choices={"scheduler": "onecycle", "model": "cnn"})["advice"]
     assert "scheduler=onecycle" not in advice
     assert advice == ["scheduler=plateau", "lr=<a third of this one>"]
+
+
+def test_a_resumed_run_reads_its_group_choices_from_its_run_dir(tmp_path: Path) -> None:
+    """`trainkit resume` runs outside Hydra: the choices come from what Hydra wrote."""
+    assert group_choices(tmp_path) == {}
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      scheduler: onecycle\n      model: cnn\n"
+    )
+    assert group_choices(tmp_path) == {"scheduler": "onecycle", "model": "cnn"}
 
 
 def test_histogram_is_binned_by_torch_as_numpy_bins_it(tmp_path: Path) -> None:

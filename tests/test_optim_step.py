@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainkit import optim_step
+from trainkit import layout, optim_step
 from trainkit.experiment import param_groups
 from trainkit.optim_step import LeanAdamStep, step_function
 
@@ -182,7 +182,7 @@ def test_lean_step_on_permuted_layouts_and_mixed_dtypes_matches_optimizer_step(
     case: str, lean_updates: list[int]
 ) -> None:
     """Channels-last conv weights are updated through their row-major permutation; a group
-    mixing dtypes goes through torch's functional Adam, which groups the tensors."""
+    mixing dtypes is updated with one kernel call per dtype."""
     data = torch.Generator().manual_seed(2)
     batches = [(torch.randn(8, 2, 6, 6, generator=data), torch.randint(0, 3, (8,), generator=data))
                for _ in range(5)]  # fmt: skip
@@ -226,3 +226,42 @@ def test_step_counts_advance_together_and_apart_as_gradients_come() -> None:
         storages = {s["step"].untyped_storage().data_ptr() for s in optimizer.state.values()}
         assert len(storages) == (1 if lean else 4)
     assert counts[0] == counts[1] == [8.0, 8.0, 6.0, 6.0]
+
+
+def test_a_step_with_no_gradients_does_nothing_as_optimizer_step() -> None:
+    net = two_layer_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+    step = step_function(optimizer)
+    train(net, optimizer, steps=2, lean=True, lean_step=step)
+    before = copy.deepcopy(optimizer.state_dict())
+    optimizer.zero_grad()
+    step()  # no gradients at all
+    for index, saved in before["state"].items():
+        for key, value in saved.items():
+            assert torch.equal(value, optimizer.state_dict()["state"][index][key]), (index, key)
+
+
+def test_the_kernel_gets_every_tensor_row_major(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Column-major weights reach torch's fused kernel as their row-major transposes (it ran
+    2x slower on the column-major tensors), and channels-last conv weights permuted."""
+    seen: list[torch.Tensor] = []
+    real = torch._fused_adam_
+
+    def kernel(*lists, **kwargs) -> None:  # noqa: ANN002, ANN003
+        seen.extend(t for tensors in lists[:4] for t in tensors)
+        real(*lists, **kwargs)
+
+    net = conv_net().to(memory_format=torch.channels_last)
+    assert layout.transpose_wide_linears(net) == []  # 64 -> 3 is not wide: by hand
+    net[3].weight.data = net[3].weight.data.t().contiguous().t()
+    assert not net[0].weight.is_contiguous() and not net[3].weight.is_contiguous()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+    step = step_function(optimizer)
+    for i in range(3):
+        if i == 1:  # the first step is optimizer.step()'s (LeanAdamStep)
+            monkeypatch.setattr(torch, "_fused_adam_", kernel)
+        optimizer.zero_grad()
+        net(torch.randn(4, 2, 6, 6)).sum().backward()
+        step()
+    assert len(seen) == 2 * 4 * 4  # the two lean steps: 4 lists of 4 tensors each
+    assert all(t.is_contiguous() for t in seen)

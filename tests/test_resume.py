@@ -139,6 +139,42 @@ def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
     assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.parametrize("saved_layout", ["row-major", "before the option"])
+def test_a_run_resumed_in_another_weight_layout_matches_its_optimizer_state(
+    saved_layout: str, fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """A checkpoint whose weights and Adam state are laid out otherwise than the resumed run's
+    (written on another device, or by a trainkit from before trainer.transposed_linear, which
+    goes on row-major): the state is given its weights' layout, or torch's fused CPU Adam
+    mixes up its elements. The run ends where the uninterrupted one did, up to rounding."""
+    args = run_args(fmnist_slice)
+    if saved_layout == "row-major":  # then resumed column-major, as a CPU run is
+        args.append("trainer.transposed_linear=false")
+    result = run_with_signal("TERM", 15, args, tmp_path)
+    assert result.returncode == 143, result.stderr
+    run_dir = only_run_dir(tmp_path)
+    path = run_dir / "checkpoints" / "last.pt"
+    saved = checkpoint.load(path)
+    fc1 = saved["model"]["net.fc1.weight"]  # 784 -> 64: wide
+    assert fc1.is_contiguous() == (saved_layout == "row-major")
+    if saved_layout == "row-major":
+        saved["config"]["trainer"]["transposed_linear"] = True
+    else:
+        del saved["config"]["trainer"]["transposed_linear"]
+    torch.save(saved, path)
+
+    resumed = trainkit(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    final = checkpoint.load(path)
+    weight_strides = final["model"]["net.fc1.weight"].stride()
+    assert weight_strides == ((1, 64) if saved_layout == "row-major" else (784, 1))
+    fc1_state = final["optimizer"]["state"][0]  # the state of the first parameter, fc1's weight
+    assert fc1_state["exp_avg"].stride() == fc1_state["exp_avg_sq"].stride() == weight_strides
+    reference = weights(uninterrupted)
+    for name, value in weights(run_dir).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-3)
+
+
 def test_a_second_ctrl_c_quits_at_once(fmnist_slice: Path, tmp_path: Path) -> None:
     result = run_with_signal("INT2", 15, run_args(fmnist_slice), tmp_path)
     assert result.returncode == 130

@@ -154,7 +154,9 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.trainer.transposed_linear and device.type == "cpu":  # layout.py: measured on CPU
+    # layout.py: measured on the CPU. A resumed run's config from before the option trained
+    # its weights row-major, and goes on so.
+    if OmegaConf.select(cfg.trainer, "transposed_linear", default=False) and device.type == "cpu":
         layout.transpose_wide_linears(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(
@@ -260,7 +262,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["status"] = "completed" if diverged is None else "failed"
     summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None,
-                                    hparams.group_choices())  # fmt: skip
+                                    hparams.group_choices(run_dir))  # fmt: skip
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for cb in callbacks:

@@ -43,9 +43,16 @@ def metric_tags(monitor: str) -> list[str]:
             f"best/{monitor}"]  # fmt: skip
 
 
-def group_choices() -> dict[str, Any]:
-    """Config group -> the option this job chose (empty outside a Hydra app, as in tests)."""
-    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+def group_choices(run_dir: Path | None = None) -> dict[str, Any]:
+    """Config group -> the option this job chose: Hydra's, or for a resumed run (no Hydra app)
+    what Hydra wrote into `run_dir`; empty when neither is there (as in tests)."""
+    if HydraConfig.initialized():
+        return dict(HydraConfig.get().runtime.choices)
+    saved = run_dir / ".hydra" / "hydra.yaml" if run_dir is not None else None
+    if saved is None or not saved.is_file():
+        return {}
+    choices = OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.choices", default={})
+    return dict(choices)
 
 
 def collect(cfg: DictConfig) -> dict[str, bool | float | str]:

@@ -9,7 +9,10 @@ backward of the layer alone, fastest of 9): 784->256 0.78x the time, 3136->128 (
 CNN's hidden layer) 0.76x, 784->100 0.84x; but 256->128 1.04x, 1024->1024 1.08x and 128->10
 1.22x. Hence the rule: wide layers (in >= 3x out) with at least 64 outputs.
 
-Values, names, shapes and checkpoints are unchanged: only the strides differ."""
+Values, names and shapes are unchanged: only the strides differ, in memory and in the
+checkpoints (torch.save keeps them; a consumer that needs contiguous tensors calls
+.contiguous()). Optimizer state follows its parameter's layout (torch.zeros_like), and must:
+torch's fused CPU Adam reads parameter, gradient and state as flat arrays."""
 
 from __future__ import annotations
 
@@ -29,16 +32,14 @@ def is_wide(layer: nn.Linear) -> bool:
 
 
 def transpose_wide_linears(model: nn.Module) -> list[str]:
-    """Store each wide Linear weight column-major, in place (the Parameter objects stay, so
-    an optimizer built before or after sees the same ones). Returns the layers' names."""
+    """Store each wide Linear weight column-major, in place: the Parameter objects stay. Call it
+    before the optimizer has state and before a DDP wrap, which size their buffers by the
+    weights' strides. Returns the layers' names."""
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and is_wide(module):
-            weight = module.weight
-            if weight.dim() == 2 and weight.is_contiguous():
-                with torch.no_grad():
-                    weight.data = weight.data.t().contiguous().t()
-                names.append(name)
+        if isinstance(module, nn.Linear) and is_wide(module) and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
+            names.append(name)
     return names
 
 

@@ -83,6 +83,8 @@ class SharedSteps:
 
     def advance(self, states: list[dict]) -> None:
         """Add 1 to the step count of each of `states`."""
+        if not states:  # no parameter has a gradient: optimizer.step() does nothing either
+            return
         held = self.views and len(states) == len(self.views)
         if held and all(s["step"] is view for s, view in zip(states, self.views, strict=True)):
             self.counts.add_(1)
@@ -109,14 +111,12 @@ def hooked(optimizer: Optimizer) -> bool:
 
 def storage_order(tensor: torch.Tensor) -> tuple[int, ...] | None:
     """The dimension order in which `tensor`'s storage is row-major, where it is not already:
-    a column-major matrix (layout.transpose_wide_linears) or a channels-last conv weight."""
+    a column-major matrix (layout.transpose_wide_linears) or a channels-last conv weight.
+    None for a tensor already row-major or in any other layout."""
     if tensor.is_contiguous():
         return None
-    if tensor.dim() == 2:
-        return (1, 0)
-    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
-        return (0, 2, 3, 1)
-    return None
+    order = {2: (1, 0), 4: (0, 2, 3, 1)}.get(tensor.dim())
+    return order if order and tensor.permute(order).is_contiguous() else None
 
 
 def arranged(tensors: list[torch.Tensor], orders: list) -> list[torch.Tensor]:
