@@ -121,6 +121,29 @@ def test_a_checkpoint_of_another_architecture_is_refused(
         apply(cnn, compose_config(["model=cnn", f"model.from_checkpoint={tmp_path / 'mlp'}"]).model)
 
 
+def test_a_checkpoint_trained_with_another_pool_order_loads_with_a_warning(
+    fmnist_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pool_first changes what the weights compute, not their shapes: the weights load, and the
+    run says which setting differs and how to match it."""
+    base = [*small_overrides(fmnist_slice, "cnn"), "epochs=1", "trainer.max_steps_per_epoch=2"]
+    run(compose_config([*base, "model.pool_first=true"]), tmp_path / "source")
+    capsys.readouterr()
+    from trainkit.experiment import build
+
+    _, t = build(compose_config([*base, f"model.from_checkpoint={tmp_path / 'source'}"]))
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"warning: {tmp_path}/source/checkpoints/best.pt was trained with "
+            "model.pool_first=true and this model has model.pool_first=false: the loaded weights "
+            "compute another function; set model.pool_first=true") in out  # fmt: skip
+    source = checkpoint.load(tmp_path / "source" / "checkpoints" / "best.pt")["model"]
+    loaded = t.model.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in source.items())
+    _, same = build(compose_config([*base, "model.pool_first=true",
+                                    f"model.from_checkpoint={tmp_path / 'source'}"]))  # fmt: skip
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_freezing_a_name_that_does_not_exist_lists_the_names() -> None:
     from trainkit.transfer import freeze
 

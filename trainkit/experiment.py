@@ -150,6 +150,8 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
         replaced = transfer.apply(model, cfg.model)
         if replaced:
             console.console.print(f"not loaded (new shape, initialized): {', '.join(replaced)}")
+        for warning in transfer.differing_settings(cfg.model):
+            console.warn(warning)
         console.console.print(transfer.parameter_table(model))
     model = model.to(device)
     if channels_last:

@@ -51,6 +51,31 @@ def load_weights(model: nn.Module, path: str) -> list[str]:
     return replaced
 
 
+# Model settings that change what the weights compute without changing their names or shapes:
+# a checkpoint loads into either setting, silently.
+SAME_SHAPES_OTHER_FUNCTION = ("activation", "pool_first")
+
+
+def differing_settings(cfg: DictConfig) -> list[str]:
+    """One warning per SAME_SHAPES_OTHER_FUNCTION setting in which model.from_checkpoint's run
+    differs from this model: its weights start out computing another function."""
+    if not cfg.from_checkpoint:
+        return []
+    file = checkpoint_path(cfg.from_checkpoint)
+    theirs = checkpoint.load(file).get("config", {}).get("model", {})
+    return [
+        f"{file} was trained with model.{key}={_yaml(theirs[key])} and this model has "
+        f"model.{key}={_yaml(cfg[key])}: the loaded weights compute another function; set "
+        f"model.{key}={_yaml(theirs[key])} to start where that run left off"
+        for key in SAME_SHAPES_OTHER_FUNCTION
+        if key in theirs and key in cfg and theirs[key] != cfg[key]
+    ]
+
+
+def _yaml(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
     """requires_grad=False for every parameter whose name starts with one of `prefixes`."""
     names = [name for name, _ in model.named_parameters()]
