@@ -147,10 +147,10 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     initialize(model, cfg.init)
     if cfg.model.from_checkpoint or cfg.model.freeze:
-        replaced = transfer.apply(model, cfg.model)
+        replaced, differing = transfer.apply(model, cfg.model)
         if replaced:
             console.console.print(f"not loaded (new shape, initialized): {', '.join(replaced)}")
-        for warning in transfer.differing_settings(cfg.model):
+        for warning in differing:  # settings that change what the loaded weights compute
             console.warn(warning)
         console.console.print(transfer.parameter_table(model))
     model = model.to(device)

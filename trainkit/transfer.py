@@ -31,9 +31,10 @@ def checkpoint_path(path: str) -> Path:
     return p
 
 
-def load_weights(model: nn.Module, path: str) -> list[str]:
-    """Copy every tensor of the checkpoint whose name and shape match; the names of the tensors
-    left as initialized (shape changed) are returned. A different architecture is an error."""
+def load_weights(model: nn.Module, path: str) -> tuple[list[str], dict]:
+    """Copy every tensor of the checkpoint whose name and shape match. Returns the names of the
+    tensors left as initialized (shape changed) and the checkpoint's model config. A different
+    architecture is an error."""
     file = checkpoint_path(path)
     ckpt = checkpoint.load(file)
     theirs, ours = ckpt["model"], model.state_dict()
@@ -48,7 +49,7 @@ def load_weights(model: nn.Module, path: str) -> list[str]:
         )
     replaced = [k for k in ours if theirs[k].shape != ours[k].shape]
     model.load_state_dict({k: v for k, v in theirs.items() if k not in replaced}, strict=False)
-    return replaced
+    return replaced, ckpt.get("config", {}).get("model", {})
 
 
 # Model settings that change what the weights compute without changing their names or shapes:
@@ -56,19 +57,15 @@ def load_weights(model: nn.Module, path: str) -> list[str]:
 SAME_SHAPES_OTHER_FUNCTION = ("activation", "pool_first")
 
 
-def differing_settings(cfg: DictConfig) -> list[str]:
-    """One warning per SAME_SHAPES_OTHER_FUNCTION setting in which model.from_checkpoint's run
-    differs from this model: its weights start out computing another function."""
-    if not cfg.from_checkpoint:
-        return []
-    file = checkpoint_path(cfg.from_checkpoint)
-    theirs = checkpoint.load(file).get("config", {}).get("model", {})
+def differing_settings(theirs: dict, ours: DictConfig, file: str) -> list[str]:
+    """One warning per SAME_SHAPES_OTHER_FUNCTION setting in which the checkpoint's model config
+    (`theirs`) differs from this model's: the loaded weights compute another function."""
     return [
         f"{file} was trained with model.{key}={_yaml(theirs[key])} and this model has "
-        f"model.{key}={_yaml(cfg[key])}: the loaded weights compute another function; set "
+        f"model.{key}={_yaml(ours[key])}: the loaded weights compute another function; set "
         f"model.{key}={_yaml(theirs[key])} to start where that run left off"
         for key in SAME_SHAPES_OTHER_FUNCTION
-        if key in theirs and key in cfg and theirs[key] != cfg[key]
+        if key in theirs and key in ours and theirs[key] != ours[key]
     ]
 
 
@@ -98,11 +95,15 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix.rstrip(".") + ".")
 
 
-def apply(model: nn.Module, cfg: DictConfig) -> list[str]:
-    """Load and freeze as the model group says; the names of replaced tensors are returned."""
-    replaced = load_weights(model, cfg.from_checkpoint) if cfg.from_checkpoint else []
+def apply(model: nn.Module, cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """Load and freeze as the model group says. Returns the names of the replaced tensors and
+    warnings about settings that differ from the checkpoint's (differing_settings)."""
+    replaced, warnings = [], []
+    if cfg.from_checkpoint:
+        replaced, theirs = load_weights(model, cfg.from_checkpoint)
+        warnings = differing_settings(theirs, cfg, str(checkpoint_path(cfg.from_checkpoint)))
     freeze(model, list(cfg.freeze))
-    return replaced
+    return replaced, warnings
 
 
 def parameter_table(model: nn.Module) -> Table:
