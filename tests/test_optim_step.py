@@ -124,8 +124,8 @@ def test_training_steps_take_the_lean_path(fmnist_slice: Path, lean_updates: lis
     dataset, training = build(cfg)
     assert training.optimizer.param_groups[0]["fused"]  # trainkit's default: fused Adam
     fit(training, dataset, [])
-    steps = len(dataset.train) // 100  # per epoch; the first of each through optimizer.step
-    assert len(lean_updates) == 2 * (steps - 1)
+    steps = len(dataset.train) // 100  # per epoch; the fit's first through optimizer.step
+    assert len(lean_updates) == 2 * steps - 1
 
 
 def test_lean_step_skips_parameters_without_gradients_as_adam_does(

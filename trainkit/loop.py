@@ -178,6 +178,9 @@ class Training:
     def __post_init__(self) -> None:
         self.penalized = weight_tensors(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # optim_step.py: fused Adam without optimizer.step()'s Python. One for the whole fit:
+        # its first call is optimizer.step()'s, and it keeps the shared step counts.
+        self.optimizer_step = step_function(self.optimizer)
         if self.forward is None:
             self.forward = self.model
 
@@ -258,7 +261,7 @@ def train_epoch(
     step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
     augment, normalize, optimizer, forward = t.augment, t.normalize, t.optimizer, t.forward
     precision, scaler = t.precision_context(device), t.scaler
-    optimizer_step = step_function(optimizer)  # optim_step.py: fused Adam without the Python
+    optimizer_step = t.optimizer_step
     # Alone, a signal stops the run after the step in flight; under torchrun, at the next
     # merge of the ranks' sums, where they agree on it.
     ranks = distributed.enabled()
