@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -11,9 +12,9 @@ from torch import nn
 
 from trainkit import layout
 from trainkit.experiment import build
-from trainkit.optim_step import step_function
 
 from .conftest import compose_config, small_overrides
+from .test_optim_step import train as train_net
 
 
 def mlp() -> nn.Module:
@@ -22,14 +23,7 @@ def mlp() -> nn.Module:
                          nn.ReLU(), nn.Linear(128, 10))  # fmt: skip
 
 
-def train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, step=None) -> None:  # noqa: ANN001
-    step = step or optimizer.step
-    data = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x, y = torch.randn(16, 784, generator=data), torch.randint(0, 10, (16,), generator=data)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        step()
+train = partial(train_net, features=784, classes=10)  # the MLP's input and classes
 
 
 def test_only_wide_layers_are_transposed_and_their_values_stay() -> None:
@@ -54,7 +48,7 @@ def test_training_column_major_matches_row_major_and_the_lean_step_is_exact() ->
         if transposed:
             layout.transpose_wide_linears(net)
         optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
-        train(net, optimizer, steps=6, step=step_function(optimizer) if lean else None)
+        train(net, optimizer, steps=6, lean=lean)
         assert optimizer.state[net[1].weight]["exp_avg"].stride() == net[1].weight.stride()
         results[name] = net.state_dict()
     moved = (results["rows"]["1.weight"] - mlp()[1].weight).abs().max()
@@ -70,7 +64,7 @@ def test_optimizer_state_saved_row_major_is_given_the_weights_layout() -> None:
     matched to it, or the update mixes up elements."""
     rows = mlp()
     optimizer = torch.optim.Adam(rows.parameters(), lr=0.01, fused=True)
-    train(rows, optimizer, steps=3)
+    train(rows, optimizer, steps=3, lean=False)
     buffer = io.BytesIO()
     torch.save({"model": rows.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
     buffer.seek(0)
@@ -88,8 +82,8 @@ def test_optimizer_state_saved_row_major_is_given_the_weights_layout() -> None:
         assert state.stride() == (1, 256)
         assert torch.equal(state, optimizer.state[rows[1].weight][key])  # the same values
 
-    train(rows, optimizer, steps=2)
-    train(columns, resumed, steps=2, step=step_function(resumed))
+    train(rows, optimizer, steps=2, lean=False)
+    train(columns, resumed, steps=2, lean=True)
     for name, value in rows.state_dict().items():
         torch.testing.assert_close(columns.state_dict()[name], value, atol=1e-5, rtol=1e-4)
 

@@ -36,15 +36,19 @@ def two_layer_net() -> nn.Module:
 
 
 def train(
-    net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, lean: bool, lean_step=None
+    net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, lean: bool, lean_step=None,
+    features: int = 6, classes: int = 3,
 ) -> None:  # fmt: skip
+    """`steps` steps on random batches of 8 (the same ones every call) under a cosine schedule,
+    through optimizer.step() or, `lean`, the lean step."""
     # Half a cosine: the lr changes every step and never reaches 0, even over two calls
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2 * steps)
     step = (lean_step or step_function(optimizer)) if lean else optimizer.step  # after the
     # schedule wrapped optimizer.step
     data = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        x, y = torch.randn(8, 6, generator=data), torch.randint(0, 3, (8,), generator=data)
+        x = torch.randn(8, features, generator=data)
+        y = torch.randint(0, classes, (8,), generator=data)
         optimizer.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         step()
