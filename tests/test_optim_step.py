@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,36 @@ def test_step_hooks_still_run() -> None:
     ids=["sgd", "adam-foreach", "adam-amsgrad", "rmsprop"],
 )
 def test_other_optimizers_step_with_their_own_step(make) -> None:  # noqa: ANN001
-    optimizer = make(two_layer_net().parameters())
-    assert step_function(optimizer) == optimizer.step
+    """Through optimizer.step as it is at each call: wrapped by a scheduler made afterwards,
+    which then sees the optimizer step before it (no "lr_scheduler.step() before
+    optimizer.step()" warning)."""
+    net = two_layer_net()
+    optimizer = make(net.parameters())
+    step = step_function(optimizer)
+    assert not isinstance(step, LeanAdamStep)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5**s)
+    before = copy.deepcopy(net.state_dict())
+    net(torch.randn(2, 6)).sum().backward()
+    step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schedule.step()
+    assert not torch.equal(net.state_dict()["0.weight"], before["0.weight"])
+
+
+def test_the_lean_step_goes_through_a_scheduler_made_after_it() -> None:
+    net = two_layer_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+    step = step_function(optimizer)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5**s)
+    for _ in range(2):
+        optimizer.zero_grad()
+        net(torch.randn(2, 6)).sum().backward()
+        step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            schedule.step()
+    assert optimizer.param_groups[0]["lr"] == 0.01 * 0.25
 
 
 def conv_net(dtype: torch.dtype = torch.float32) -> nn.Module:

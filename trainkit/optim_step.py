@@ -19,10 +19,12 @@ from torch.optim import optimizer as optimizer_module
 
 
 def step_function(optimizer: Optimizer) -> Callable[[], None]:
-    """What the loop calls for one optimizer step: `optimizer.step` or its lean equivalent."""
+    """What the loop calls for one optimizer step: `optimizer.step()` or its lean equivalent.
+    Either looks `optimizer.step` up at each call, not now: an LR scheduler made later (the lr
+    finder's) wraps it, and warns if the wrapped step never ran."""
     if type(optimizer) in (Adam, AdamW) and all(map(lean_group, optimizer.param_groups)):
         return LeanAdamStep(optimizer)
-    return optimizer.step
+    return lambda: optimizer.step()
 
 
 def lean_group(group: dict) -> bool:
