@@ -358,7 +358,7 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
             print(f"{model:5} {loop:14} {train:9,.0f} {med(model, loop, 'eval'):9,.0f} "
                   f"{med(model, loop, 'peak_rss_mb'):7,.0f}MB {share:5.0f}%")  # fmt: skip
         best_loop = max((loop for loop in args.loops if loop.startswith("bare")),
-                        key=lambda loop: med(model, loop, "train"))  # fmt: skip
+                        key=lambda loop: med(model, loop, "train"), default="bare")  # fmt: skip
         print(f"{model}: trainkit/tutorial {ratio(model, 'tutorial')}, trainkit/bare "
               f"{ratio(model, 'bare')}, trainkit/best bare ({best_loop}) "
               f"{ratio(model, best_loop)}, eval trainkit/tutorial "
