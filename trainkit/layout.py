@@ -4,7 +4,7 @@ An `nn.Linear` weight is [out, in], row-major. Its forward is `x @ weight.t()` a
 computes its gradient in the weight's own layout: for a row-major weight that is
 `grad_out.t() @ x`, a product MKL runs slowly on this machine class. Stored column-major (the
 same [out, in] tensor over transposed storage) the forward reads `weight.t()` contiguously and
-the gradient becomes `x.t() @ grad_out`. Measured at batch 128 on 2 Zen 3 cores (forward and
+the gradient becomes `x.t() @ grad_out`. Measured at batch 128 on 2 Zen 4 cores (forward and
 backward of the layer alone, fastest of 9): 784->256 0.78x the time, 3136->128 (the default
 CNN's hidden layer) 0.76x, 784->100 0.84x; but 256->128 1.04x, 1024->1024 1.08x and 128->10
 1.22x. Hence the rule: wide layers (in >= 3x out) with at least 64 outputs.
