@@ -7,7 +7,9 @@ same [out, in] tensor over transposed storage) the forward reads `weight.t()` co
 the gradient becomes `x.t() @ grad_out`. Measured at batch 128 on 2 Zen 4 cores (forward and
 backward of the layer alone, fastest of 9): 784->256 0.78x the time, 3136->128 (the default
 CNN's hidden layer) 0.76x, 784->100 0.84x; but 256->128 1.04x, 1024->1024 1.08x and 128->10
-1.22x. Hence the rule: wide layers (in >= 3x out) with at least 64 outputs.
+1.22x. Hence the rule: wide layers (in >= 3x out) with at least 64 outputs. On 2 Zen 3
+cores, the machine class's other CPU, the gains are smaller and the rule the same: 784->256
+0.96x, 3136->128 0.93x, 128->10 1.13x (256->128, left row-major, 0.97x: near noise).
 
 Values, names and shapes are unchanged: only the strides differ, in memory and in the
 checkpoints (torch.save keeps them; a consumer that needs contiguous tensors calls
