@@ -1,0 +1,54 @@
+"""The speed presets of conf/experiment/ as Hydra composes them. The 90-second preset is built
+on the 5-minute one, so a setting of the one can leak into the other: these catch an
+augmentation it means to override, or test-time views that its model never trained on."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from trainkit.augment import IMAGE_ONLY, TestTimeViews
+from trainkit.experiment import build, run
+
+from .conftest import compose_config
+
+
+def preset_config(preset: str, fmnist_root: Path, *extra: str) -> list[str]:
+    return [f"experiment={preset}", f"data.root={fmnist_root}", "data.download=false", *extra]
+
+
+@pytest.mark.parametrize(
+    ("preset", "hflip", "translate", "views"),
+    [
+        ("fmnist_speedrun", 0.5, 1, TestTimeViews(hflip=True, shift=1)),
+        ("fmnist_speedrun_90s", 0.0, 0, IMAGE_ONLY),
+    ],
+)
+def test_each_speed_preset_trains_with_its_own_augmentation_and_test_time_views(
+    preset: str, hflip: float, translate: int, views: TestTimeViews, fmnist_slice: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _, training = build(compose_config(preset_config(preset, fmnist_slice)))
+    if hflip or translate:
+        assert training.augment is not None
+        assert (training.augment.hflip, training.augment.translate) == (hflip, translate)
+    else:
+        assert training.augment is None  # nothing drawn per step
+    assert training.tta == views
+    assert "warning" not in capsys.readouterr().out  # views within what training showed
+
+
+@pytest.mark.parametrize("preset", ["fmnist_speedrun", "fmnist_speedrun_90s"])
+def test_each_speed_preset_runs_from_start_to_test_score(
+    preset: str, fmnist_slice: Path, tmp_path: Path
+) -> None:
+    # The slice's 1200 images less 200 for validation: 4 batches of the presets' 256.
+    overrides = preset_config(preset, fmnist_slice, "data.val_size=200", "epochs=1",
+                              "trainer.max_steps_per_epoch=2")  # fmt: skip
+    summary = run(compose_config(overrides), tmp_path)
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [2]
+    assert 0.0 <= summary["test"]["acc"] <= 1.0 and summary["test"]["loss"] > 0
