@@ -45,7 +45,8 @@ def test_a_run_writes_its_folder_and_prints_one_line_per_epoch(
 
 
 def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: Path) -> None:
-    args = ["-m", "optimizer=sgd,adam", "lr=0.1,0.01", *small_overrides(fmnist_slice), "epochs=1"]
+    # Not lr=0.1: Adam diverges at it (test_untrusted.py)
+    args = ["-m", "optimizer=sgd,adam", "lr=0.01,0.001", *small_overrides(fmnist_slice), "epochs=1"]
     result = trainkit(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
@@ -53,10 +54,10 @@ def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: P
         ",".join(x for x in p.name.split(",") if x.startswith(("lr=", "optimizer="))) for p in jobs
     )
     assert swept == [
+        "lr=0.001,optimizer=adam",
+        "lr=0.001,optimizer=sgd",
         "lr=0.01,optimizer=adam",
         "lr=0.01,optimizer=sgd",
-        "lr=0.1,optimizer=adam",
-        "lr=0.1,optimizer=sgd",
     ]
     for job in jobs:
         assert (job / "metrics.csv").is_file() and (job / "summary.json").is_file()

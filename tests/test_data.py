@@ -62,9 +62,11 @@ def test_train_size_takes_a_count_or_a_fraction(
 
 
 def test_too_large_a_train_size_is_a_user_error(fmnist_slice: Path) -> None:
-    with pytest.raises(
-        UserError, match=r"data.train_size=5000 asks for 5000 of 1000 samples: choose 1..1000"
-    ):
+    message = (
+        r"data.train_size=5000 asks for 5,000 training samples, and 1,000 are left after "
+        r"validation: choose 1..1,000 \(or a fraction\)"
+    )
+    with pytest.raises(UserError, match=message):
         data.load(data_cfg(fmnist_slice, train_size=5000), torch.device("cpu"))
 
 

@@ -130,6 +130,19 @@ def test_verdict_rules(curve: list[dict], verdict: str) -> None:
     assert diagnose(curve, VERDICT)["verdict"] == verdict
 
 
+def test_a_loss_that_spiked_above_its_start_and_recovered_is_too_high_an_lr() -> None:
+    """Adam at lr=0.1 on the CNN: epoch 1's mean train loss 20.2 against 2.3 at step 1, then
+    0.92, 0.63: it was called underfit and told to raise the lr."""
+    curve = rows((20.2, 1.27, 0.25, 0.55), (0.92, 0.75, 0.67, 0.74), (0.63, 0.60, 0.77, 0.78))
+    assert diagnose(curve, VERDICT)["verdict"] == "underfit"  # no first-step loss: no spike
+    diagnosis = diagnose(curve, VERDICT, initial_loss=2.3)
+    assert diagnosis["verdict"] == "lr too high"
+    assert diagnosis["evidence"]["peak_train_loss"] == 20.2
+    assert diagnosis["evidence"]["peak_epoch"] == 1
+    assert diagnosis["advice"][0] == "lr=<a third of this one>"
+    assert diagnose(curve, VERDICT, initial_loss=14.0)["verdict"] == "underfit"  # 20.2 < 21
+
+
 def test_advice_leaves_out_what_the_run_already_does() -> None:
     plateau = rows(*[(0.3, 0.3, 0.9, 0.89)] * 4)
     advice = diagnose(plateau, VERDICT)["advice"]

@@ -1,51 +1,63 @@
-"""Checkpoints written atomically: a half-written file never replaces a good one."""
+"""Checkpoints: written atomically, read as data.
+
+A checkpoint is data even when trainkit wrote it: someone may hand you a doctored one. It is
+read with torch's weights_only unpickler (tensors and plain containers, no code), its shape is
+checked before any part of it is used, and its config may name code only where trainkit's own
+configs do (model._target_, optimizer._target_), and only trainkit's models and the optimizers
+its optimizer group ships (REGISTERED_TARGETS): never by prefix, never nested.
+"""
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import re
-import tempfile
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trainkit.errors import UserError, first_line
+from trainkit.files import write_atomic
+
+# The classes a checkpoint's config may name, by the group that names them. Hydra builds
+# them (with their config's other keys as arguments), so a name outside these would be code.
+REGISTERED_TARGETS = {
+    "model": (
+        "trainkit.models.MLP",
+        "trainkit.models.CNN",
+        "trainkit.models.ResNet",
+        "trainkit.models.TorchvisionNet",
+    ),
+    "optimizer": (
+        "torch.optim.SGD",
+        "torch.optim.Adam",
+        "torch.optim.AdamW",
+        "torch.optim.RMSprop",
+        "torch.optim.Adagrad",
+    ),
+}
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync it, then rename it over `path`:
-    a full disk or a crash mid-write leaves the previous file as it was."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}; check that folder") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was kept"
-            raise UserError(f"no space left on the device to write {path}: free some space "
-                            f"and resume the run ({kept})") from None  # fmt: skip
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {path}: {e.strerror}") from None
-        raise
+    """torch.save, atomically (files.write_atomic): a full disk or a crash mid-write leaves the
+    previous file as it was."""
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True, resume_hint=True)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Tensors and plain containers only (weights_only): a checkpoint cannot run code."""
+    """A trainkit checkpoint's dict, checked to be one: tensors and plain containers only
+    (weights_only), a `model` state dict of tensors, and a config that is data (refuse_code)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        check_sums(path)
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder: name a .pt file or a run dir") from None
     except Exception as e:
         code = re.search(r"GLOBAL (\S+)", str(e))  # weights_only met a callable it would call
         if isinstance(e, pickle.UnpicklingError) and code:
@@ -54,7 +66,78 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
                 "and trainkit checkpoints hold tensors only; use a checkpoint trainkit wrote"
             ) from None  # torch's own messages suggest weights_only=False: not for us
         reason = first_line(e).split(". ")[0][:120]
-        raise UserError(
-            f"checkpoint {path} is not a trainkit checkpoint or is damaged ({type(e).__name__}: "
-            f"{reason}): check the path, or use another checkpoint of the run (best.pt, last.pt)"
-        ) from None
+        raise damaged(path, f"{type(e).__name__}: {reason}") from None
+    check_shape(saved, path)
+    return saved
+
+
+def check_sums(path: Path) -> None:
+    """torch.save writes a zip archive with a CRC-32 per entry, which torch.load does not
+    check: a flipped bit in a weight or in the pickled config would load as other data."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format, or no checkpoint: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as e:  # a damaged directory: BadZipFile, zlib.error, EOFError, ...
+        raise damaged(path, f"{type(e).__name__}: {first_line(e)[:80]}") from None
+    if bad is not None:
+        raise damaged(path, f"{bad} fails its checksum")
+
+
+def damaged(path: Path, why: str) -> UserError:
+    return UserError(
+        f"checkpoint {path} is not a trainkit checkpoint or is damaged ({why}): check the path, "
+        "or use another checkpoint of the run (best.pt, last.pt)"
+    )
+
+
+def check_shape(saved: object, path: Path) -> None:
+    """What every reader of a checkpoint relies on: a dict, its `model` a state dict of
+    tensors, its `config` (if any) a dict that names no code (refuse_code)."""
+    if not isinstance(saved, dict):
+        raise damaged(path, f"it holds a {type(saved).__name__}, not a dict")
+    model = saved.get("model")
+    if not isinstance(model, dict) or not model:
+        raise damaged(path, "no model weights in it")
+    bad = next((k for k, v in model.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None or not all(isinstance(k, str) for k in model):
+        raise damaged(path, f"model entry {str(bad)[:60]!r} is not a tensor")
+    config = saved.get("config", {})
+    if not isinstance(config, dict):
+        raise damaged(path, "its config is not a mapping")
+    refuse_code(config, path)
+
+
+def refuse_code(config: dict, path: Path) -> None:
+    """Refuse a checkpoint config that names code: a _target_ anywhere but model._target_ and
+    optimizer._target_, one there that REGISTERED_TARGETS does not list, or an interpolation
+    (${...}: resolvers run when a value is read)."""
+    for where, key, value in walk(config):
+        full = f"{where}.{key}" if where else str(key)
+        if not isinstance(key, str | int):
+            raise damaged(path, f"config key {full[:60]!r} is not a string")
+        if isinstance(value, str) and "${" in value:
+            raise UserError(
+                f"checkpoint {path} is refused: its config value {full} is an interpolation, "
+                "and trainkit writes resolved values only; use a checkpoint trainkit wrote"
+            )
+        if key != "_target_":
+            continue
+        allowed = REGISTERED_TARGETS.get(where, ())
+        if value not in allowed:
+            shown = str(value)[:80]
+            raise UserError(
+                f"checkpoint {path} is refused: its config names code to run ({full}={shown}), "
+                "and a checkpoint may name only trainkit's own models and optimizers; use a "
+                "checkpoint trainkit wrote"
+            )
+
+
+def walk(node: object, where: str = "") -> Iterator[tuple[str, object, object]]:
+    """(path of the parent, key, value) for every entry of nested dicts and lists."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)  # type: ignore[arg-type]
+    for key, value in items:  # list items' keys are their index
+        yield where, key, value
+        if isinstance(value, dict | list | tuple):
+            yield from walk(value, f"{where}.{key}" if where else str(key))

@@ -31,6 +31,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit import run_dirs
 from trainkit.config import (
     CONF_DIR,
     compose_config,
@@ -40,6 +41,7 @@ from trainkit.config import (
     validate,
 )
 from trainkit.errors import Interrupted, SweepInterrupted, UserError, first_line, report
+from trainkit.files import user_error
 from trainkit.sweep import FAILED_JOBS, record_failure
 
 log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
@@ -69,7 +71,17 @@ def main() -> None:
         print("trainkit: stopped at once; checkpoints already written are intact "
               "(trainkit resume=<run dir> goes on from the last one)", file=sys.stderr)  # fmt: skip
         sys.exit(130)
+    except UserError as e:  # one raised outside a job: Hydra's own files, a sweep's report
+        report("trainkit", e)
+        sys.exit(2)
+    except OSError as e:  # Hydra writing .hydra/ on a full disk, say
+        error = user_error(e, Path("outputs"))
+        if error is None:
+            raise
+        report("trainkit", error)
+        sys.exit(2)
     finally:
+        run_dirs.release()
         if under_torchrun():
             from trainkit import distributed
 
@@ -146,6 +158,12 @@ def dispatch() -> None:
             for line in errors if is_rank_zero() else []:  # under torchrun: once, not per rank
                 print(f"trainkit: error: {line}", file=sys.stderr)
             sys.exit(2)
+        if is_rank_zero():  # the others write into throwaway folders (join_torchrun)
+            sys.argv += claim_outputs(args.overrides, args.multirun)
+    # What goes wrong outside trainkit's code (Hydra writing .hydra/ on a full disk) reaches
+    # main() as an exception, for one line, instead of Hydra's printed traceback.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    logging.raiseExceptions = False  # a log line lost to a full disk: no traceback for it
     hydra_app()
     if FAILED_JOBS:  # the sweep finished the other jobs; its exit code still says some failed
         sys.exit(1)
@@ -187,8 +205,7 @@ def hydra_app(cfg: DictConfig) -> float:
     In a sweep a job that fails is recorded as failed (sweep.record_failure) and the sweep goes
     on; a single run ends with the error's one line and exit code 2.
     """
-    from trainkit import runtime
-    from trainkit.experiment import run  # torch loads only when it is needed
+    from trainkit import runtime  # torch loads only when it is needed
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -199,7 +216,7 @@ def hydra_app(cfg: DictConfig) -> float:
             raise UserError("; ".join(errors))
         if in_sweep and cfg.trainer.threads is None:
             cfg.trainer.threads = runtime.threads_per_job(hydra_cfg.launcher)
-        summary = run(cfg, run_dir)
+        summary = run_writing(cfg, run_dir)
     except Interrupted as e:  # last.pt and summary.json say where it stopped
         log.info("%s", e)
         if in_sweep:  # the rest of the sweep stops too (main.stop_sweep)
@@ -222,6 +239,19 @@ def hydra_app(cfg: DictConfig) -> float:
     return summary["best"][cfg.trainer.monitor]
 
 
+def run_writing(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
+    """experiment.run, with a full disk or an unwritable file as one UserError line."""
+    from trainkit.experiment import run
+
+    try:
+        return run(cfg, run_dir, resume=resume)
+    except OSError as e:
+        error = user_error(e, run_dir)
+        if error is None:
+            raise
+        raise error from None
+
+
 def job_label(hydra_cfg: DictConfig) -> str:
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("data.root=")]
     return f"#{hydra_cfg.job.num} ({shorten_aliases(','.join(overrides))})"
@@ -241,7 +271,8 @@ def run_subcommand(name: str, args: list[str]) -> int:
         key: value.split(",") for key, _, value in (a.partition("=") for a in args) if key in own
     }
     overrides = [a for a in args if a.partition("=")[0] not in own]
-    errors = preflight(overrides, multirun=False)
+    # evaluate reads its data settings from the checkpoint, not from these overrides
+    errors = preflight(overrides, multirun=False, check_data=name != "evaluate")
     for line in errors:
         print(f"trainkit {name}: error: {line}", file=sys.stderr)
     if errors:
@@ -261,7 +292,6 @@ def run_subcommand(name: str, args: list[str]) -> int:
 def resume(args: list[str]) -> int:
     """`trainkit resume=<run dir or checkpoint> [data.root=...] [device=...]` (resume.py)."""
     from trainkit import resume as resuming
-    from trainkit.experiment import run
 
     targets = [a.partition("=")[2] for a in args if a.startswith("resume=")]
     others = [a for a in args if not a.startswith("resume=")]
@@ -277,7 +307,9 @@ def resume(args: list[str]) -> int:
             from trainkit import console
 
             console.console.quiet = True
-        run(cfg, run_dir, resume=saved)
+        if is_rank_zero() and not run_dirs.lock(run_dir):
+            raise UserError(f"{run_dir} is in use by another trainkit process: wait for it to end")
+        run_writing(cfg, run_dir, resume=saved)
     except UserError as e:
         report("trainkit", e)
         return 2
@@ -343,14 +375,21 @@ def compare(args: list[str]) -> int:
     report = sweep.build_report(Path(folders[0]), metric)
     written = sweep.write(report) if metric == monitor else []
     sweep.print_report(report, written)
+    damaged = [job.reason for job in jobs if job.summary.get("damaged")]
+    if damaged:  # the folder is data: the report goes on, and says what it could not read
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        print(f"trainkit compare: error: {damaged[0]}: that job is reported as failed{more}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     return 1 if report.failed else 0
 
 
 # ---------------------------------------------------------------- pre-flight validation
 
 
-def preflight(overrides: list[str], multirun: bool) -> list[str]:
-    """Compose and validate every job the overrides describe; all the problems, one line each."""
+def preflight(overrides: list[str], multirun: bool, check_data: bool = True) -> list[str]:
+    """Compose and validate every job the overrides describe; all the problems, one line each.
+    `check_data`: read and check the dataset files each job would train on (data.check)."""
     app_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     parser = OverridesParser.create()
     for text in app_overrides:
@@ -370,7 +409,7 @@ def preflight(overrides: list[str], multirun: bool) -> list[str]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for job in expand_sweeps(app_overrides):
-            for line in check_job(job):
+            for line in check_job(job, check_data):
                 if line not in errors:
                     errors.append(line)
         if not errors:
@@ -401,6 +440,42 @@ def check_hydra_settings(overrides: list[str], multirun: bool) -> list[str]:
     return check_launcher(cfg) + check_sweeper(cfg) if multirun else []
 
 
+def claim_outputs(overrides: list[str], multirun: bool) -> list[str]:
+    """Lock the run's folder (a sweep's: the sweep's) before Hydra writes into it, and return
+    the overrides that pin it (run_dirs.py). Sweep jobs whose folder names would collide (a
+    swept key left out of the names, such as data.root, or one job listed twice) or be too
+    long for the file system are named by their job number instead."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [text for o, text in zip(parsed, overrides, strict=True) if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    named = any(o.startswith(f"{key}=") for o in overrides)
+    overwrite = bool(cfg.trainer.overwrite) and not multirun
+    folder = run_dirs.claim(Path(str(OmegaConf.select(cfg, key))), named, overwrite, key)
+    pins = [f"{key}={run_dirs.hydra_value(folder)}"]
+    if multirun and not job_folders_distinct(overrides, cfg):
+        pins.append("hydra.sweep.subdir=${hydra.job.num}")
+    return pins
+
+
+def job_folders_distinct(overrides: list[str], cfg: DictConfig) -> bool:
+    """Each job of the sweep gets a folder of its own under names from its overrides."""
+    app = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    names = set()
+    jobs = expand_sweeps(app)
+    for job in jobs:
+        kept = sorted(o for o in job if o.lstrip("+~").partition("=")[0] not in excluded)
+        name = shorten_aliases(",".join(kept))
+        if len(name.encode()) > 255:  # the longest file name most file systems take
+            return False
+        names.add(name)
+    return len(names) == len(jobs)
+
+
 def check_launcher(cfg: DictConfig) -> list[str]:
     n_jobs = cfg.hydra.launcher.get("n_jobs")
     if isinstance(n_jobs, int) and n_jobs == 0:  # joblib: -1 is one job per core, -2 all but one
@@ -415,8 +490,11 @@ RANKABLE = ("val_acc", "val_loss", "train_acc", "train_loss")  # a sweep's table
 def unwritable(folder: Path) -> str | None:
     """Why outputs cannot go into `folder` (made on demand), or None if they can."""
     existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as e:  # a name longer than the file system takes
+        return f"{str(folder)[:80]}...: {e.strerror}"
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -468,7 +546,7 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [first[:i] + [v] + first[i + 1 :] for i, opts in enumerate(options) for v in opts]
 
 
-def check_job(overrides: list[str]) -> list[str]:
+def check_job(overrides: list[str], check_data: bool = True) -> list[str]:
     from trainkit import data, experiment, runtime  # these load torch: not for --help
 
     for text in overrides:
@@ -490,8 +568,8 @@ def check_job(overrides: list[str]) -> list[str]:
     try:
         runtime.pick_device(cfg.trainer.device)
         experiment.dry_build(cfg)
-        if not cfg.data.download and data.locate(cfg.data) is None:
-            errors.append(data.missing_message(cfg.data))
+        if check_data:  # damaged files are found here, before a run folder exists
+            data.check(cfg.data)
     except UserError as e:
         errors.append(str(e))
     return errors

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
@@ -140,19 +141,20 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
     for row in jobs:
         ok = row["status"] == "completed"
         cells = [
-            str(row["rank"]), *(row[k] for k in report.keys), _num(row[f"best_{m}"]),
+            str(row["rank"]), *(escape(str(row[k])) for k in report.keys), _num(row[f"best_{m}"]),
             str(row["best_epoch"]), _num(row["final_val_loss"]), _num(row["test_acc"]),
-            str(row["epochs_run"]), f"{row['time_s']:.1f}s" if ok else "-",
+            escape(str(row["epochs_run"])), f"{row['time_s']:.1f}s" if ok else "-",
         ]  # fmt: skip
         if failures:
-            cells.append(row["status"])
+            cells.append(escape(row["status"]))
         table.add_row(*cells, style=None if ok else "red")
     out = console if console.is_terminal else Console(width=120)  # logs: room for the columns
     out.print(table)
     for row in failures:  # the first clause; the whole reason is in summary.csv
         overrides = ",".join(f"{k}={row[k]}" for k in report.keys)
         reason = (row["reason"] or "no summary.json: it was stopped").split(";")[0]
-        out.print(f"[red]{row['status']}:[/] {overrides}: {reason}", highlight=False)
+        text = escape(f"{row['status']}: {overrides}: {reason}")  # a job's files are data
+        out.print(f"[red]{text}[/]", highlight=False)
     if not groups:
         return
     keys = [k for k in report.keys if k != "seed"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainkit import distributed
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path.home() / ".cache" / "trainkit"
@@ -83,27 +85,44 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         raw = bytearray(raw)  # writable, so torch.from_numpy needs no copy and warns of nothing
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise UserError(f"{path} cannot be read ({e}): reinstall the dataset files") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise UserError(f"{path} is not a uint8 idx file: reinstall the dataset files")
     ndim = raw[3]
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise UserError(
+            f"{path} has a damaged idx header ({ndim} dimensions, {len(raw)} "
+            "bytes): reinstall the dataset files"
+        )
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     values = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if values.size != int(np.prod(dims)):
+    if values.size != math.prod(dims):
         raise UserError(
             f"{path} is truncated or corrupt ({values.size} values, header says "
-            f"{int(np.prod(dims))}): reinstall the dataset files"
+            f"{math.prod(dims)}): reinstall the dataset files"
         )
     return values.reshape(dims)
 
 
 def load_fashion_mnist(folder: Path) -> tuple[np.ndarray, ...]:
     files = fashion_mnist_files(folder)
-    train_x, test_x = read_idx(files["train_images"]), read_idx(files["test_images"])
-    train_y, test_y = read_idx(files["train_labels"]), read_idx(files["test_labels"])
-    # idx images are [N, H, W]; add the channel axis.
-    return train_x[:, None], train_y, test_x[:, None], test_y
+    assert files is not None  # found by find_fashion_mnist
+    arrays = []
+    for part in ("train", "test"):
+        images, labels = read_idx(files[f"{part}_images"]), read_idx(files[f"{part}_labels"])
+        if images.ndim != 3:  # idx images are [N, H, W]
+            raise UserError(
+                f"{files[f'{part}_images']} holds {images.ndim}-D data, not a stack "
+                "of 2-D images: reinstall the dataset files"
+            )
+        if labels.ndim != 1:
+            raise UserError(
+                f"{files[f'{part}_labels']} holds {labels.ndim}-D data, not one "
+                "label per image: reinstall the dataset files"
+            )
+        arrays += [images[:, None], labels]  # add the channel axis
+    return tuple(arrays)
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python batches)
@@ -137,13 +156,17 @@ def find_cifar10(folder: Path) -> Path | None:
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"data is {data.dtype} {list(data.shape)}, not uint8 [N, 3072]")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels are {labels.dtype} {list(labels.shape)}, not integers")
+        images = data.reshape(-1, 3, 32, 32)
     except Exception as e:  # any damage: truncated pickle, wrong keys, wrong sizes
-        raise UserError(f"{path} is not a valid CIFAR-10 batch ({e}): reinstall it") from None
-    if len(images) != len(labels):
-        raise UserError(f"{path} has {len(images)} images but {len(labels)} labels: reinstall it")
-    return images, labels
+        why = first_line(e)[:120]
+        raise UserError(f"{path} is not a valid CIFAR-10 batch ({why}): reinstall it") from None
+    return images, labels.astype(np.int64)
 
 
 def load_cifar10(folder: Path) -> tuple[np.ndarray, ...]:
@@ -216,7 +239,14 @@ def spec(cfg: DictConfig) -> DatasetSpec:
 def locate(cfg: DictConfig) -> Path | None:
     """The folder the dataset's files are read from, or None if no search folder has them."""
     for folder in search_folders(cfg):
-        found = spec(cfg).find(folder)
+        try:
+            found = spec(cfg).find(folder)
+        except OSError as e:  # a name too long for the file system, a folder we may not read
+            shown = str(folder) if len(str(folder)) <= 80 else f"{str(folder)[:80]}..."
+            raise UserError(
+                f"data.root={shown} cannot be searched ({e.strerror}): "
+                "name the folder that holds the dataset files"
+            ) from None
         if found is not None:
             return found
     return None
@@ -247,14 +277,115 @@ def download(cfg: DictConfig) -> Path:
 # ---------------------------------------------------------------- splits and batches
 
 
-def _count(size: float | None, total: int, what: str) -> int:
-    """A fraction (<= 1) or a count (> 1) of `total`; None is all of it."""
+def _count(size: float | None, total: int, what: str, noun: str, have: str) -> int:
+    """A fraction (<= 1) or a count (> 1) of `total`; None is all of it. The error names the
+    key (`what`), what it counts (`noun`) and how many there are (`have`)."""
     if size is None:
         return total
     n = int(round(size * total)) if size <= 1 else int(size)
     if not 1 <= n <= total:
-        raise UserError(f"{what}={size} asks for {n} of {total} samples: choose 1..{total}")
+        raise UserError(
+            f"{what}={size:g} asks for {n:,} {noun}, and {have}: choose 1..{total:,} "
+            "(or a fraction)"
+        )
     return n
+
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train x, y, test x, y
+_checked: dict[tuple, Arrays] = {}  # read by `check`, for the run's `load` to take
+
+
+def read(cfg: DictConfig, keep: bool = False) -> tuple[Path, Arrays]:
+    """The dataset's folder and its arrays, checked (check_arrays) before anything uses them.
+    `keep`: hold them for the next read of the same folder (the pre-flight check reads the
+    files, the run that follows takes them instead of reading them again)."""
+    found = locate(cfg)
+    if found is None:
+        if not cfg.download:
+            raise UserError(missing_message(cfg))
+        found = download(cfg)
+    key = (cfg.name, str(found), file_stamps(found))  # files changed since: read them again
+    arrays = _checked.pop(key, None)
+    if arrays is None:
+        arrays = check_arrays(cfg, found, spec(cfg).read(found))
+    _checked.clear()  # one dataset held at most
+    if keep:
+        _checked[key] = arrays
+    return found, arrays
+
+
+def file_stamps(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each file in `folder`."""
+    stats = ((p.name, p.stat()) for p in sorted(folder.iterdir()) if p.is_file())
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
+def check_arrays(cfg: DictConfig, found: Path, arrays: tuple[np.ndarray, ...]) -> Arrays:
+    """Images of the dataset's size, one label per image, every label one of its classes."""
+    shape, n_classes = spec(cfg).input_shape, len(spec(cfg).class_names)
+    train_x, train_y, test_x, test_y = arrays
+    for part, images, labels in (("train", train_x, train_y), ("test", test_x, test_y)):
+        where = f"{cfg.name} in {found}: the {part} set"
+        if tuple(images.shape[1:]) != shape:
+            size, wanted = ("x".join(map(str, dims)) for dims in (images.shape[1:], shape))
+            raise UserError(
+                f"{where} holds images of {size}, and {cfg.name} images are {wanted}: "
+                "reinstall the dataset files"
+            )
+        if len(images) != len(labels) or len(labels) == 0:
+            raise UserError(
+                f"{where} has {len(images):,} images and {len(labels):,} labels: "
+                "each image needs one label; reinstall the dataset files"
+            )
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            raise UserError(
+                f"{where} has a label {bad}, and {cfg.name} has {n_classes} classes "
+                f"(0..{n_classes - 1}): reinstall the dataset files"
+            )
+    return train_x, train_y, test_x, test_y
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which samples go where: validation and training indices into the training files, and
+    how many test samples are scored."""
+
+    val_idx: torch.Tensor
+    train_idx: torch.Tensor
+    n_test: int
+
+
+def plan(cfg: DictConfig, train_y: np.ndarray, test_y: np.ndarray) -> Plan:
+    """Validation carved from train with data.split_seed, then data.train_size of the rest."""
+    n = len(train_y)
+    have = f"there are {n:,} training samples (one must stay to train on)"
+    n_val = _count(cfg.val_size, n - 1, "data.val_size", "validation samples", have)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, rest = order[:n_val], order[n_val:]
+    have = f"{len(rest):,} are left after validation"
+    n_train = _count(cfg.train_size, len(rest), "data.train_size", "training samples", have)
+    have = f"there are {len(test_y):,}"
+    n_test = _count(cfg.test_size, len(test_y), "data.test_size", "test samples", have)
+    return Plan(val_idx, rest[:n_train], n_test)
+
+
+def select(cfg: DictConfig, arrays: Arrays) -> Arrays:
+    """data.classes: only those classes' samples, relabelled 0..k-1."""
+    if not cfg.classes:
+        return arrays
+    train_x, train_y, test_x, test_y = arrays
+    classes = list(cfg.classes)
+    return (*keep_classes(train_x, train_y, classes), *keep_classes(test_x, test_y, classes))
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything `load` would refuse (files, sizes, labels, splits), before a run starts;
+    the arrays read are kept for that run."""
+    _, arrays = read(cfg, keep=True)
+    _, train_y, _, test_y = select(cfg, arrays)
+    plan(cfg, train_y, test_y)
 
 
 def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> Data:
@@ -262,23 +393,9 @@ def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> 
     `channels_last`: hold color images as [N, C, H, W] views of NHWC storage, the layout a
     channels_last model takes in: converting each batch instead measured ~4 ms per CIFAR-10
     batch of 128 on the CPU (a uint8 NCHW -> NHWC copy is slow here), ~7% of a CNN step."""
-    found = locate(cfg)
-    if found is None:
-        if not cfg.download:
-            raise UserError(missing_message(cfg))
-        found = download(cfg)
-    train_x, train_y, test_x, test_y = spec(cfg).read(found)
-    if cfg.classes:
-        (train_x, train_y), (test_x, test_y) = (
-            keep_classes(train_x, train_y, list(cfg.classes)),
-            keep_classes(test_x, test_y, list(cfg.classes)),
-        )
-
-    n_val = _count(cfg.val_size, len(train_y) - 1, "data.val_size")
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
-    val_idx, rest = order[:n_val], order[n_val:]
-    train_idx = rest[: _count(cfg.train_size, len(rest), "data.train_size")]
-    n_test = _count(cfg.test_size, len(test_y), "data.test_size")
+    found, arrays = read(cfg)
+    train_x, train_y, test_x, test_y = select(cfg, arrays)
+    chosen = plan(cfg, train_y, test_y)
     train_images, test_images = (image_tensor(x, channels_last) for x in (train_x, test_x))
 
     def split(images: torch.Tensor, y: np.ndarray, idx: torch.Tensor | slice) -> Split:
@@ -286,15 +403,14 @@ def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> 
         chosen = images[idx] if isinstance(idx, slice) else take(images, idx)
         return Split(chosen.to(device), labels.to(device))
 
+    classes = list(cfg.classes or range(len(spec(cfg).class_names)))
     return Data(
-        train=split(train_images, train_y, train_idx),
-        val=split(train_images, train_y, val_idx),
-        test=split(test_images, test_y, slice(0, n_test)),
-        num_classes=len(cfg.classes) if cfg.classes else int(train_y.max()) + 1,
+        train=split(train_images, train_y, chosen.train_idx),
+        val=split(train_images, train_y, chosen.val_idx),
+        test=split(test_images, test_y, slice(0, chosen.n_test)),
+        num_classes=len(classes),
         source=found,
-        class_names=[
-            spec(cfg).class_names[c] for c in (cfg.classes or range(int(train_y.max()) + 1))
-        ],
+        class_names=[spec(cfg).class_names[c] for c in classes],
     )
 
 

@@ -25,6 +25,7 @@ from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping,
 from trainkit.config import TRANSFER_KEYS
 from trainkit.diagnostics import Diagnostics
 from trainkit.errors import Interrupted, UserError, first_line
+from trainkit.files import write_text_atomic
 from trainkit.init import initialize
 from trainkit.loop import (
     Diverged,
@@ -44,11 +45,17 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
     """The model class's own arguments: the transfer keys are trainkit's (transfer.py)."""
     args = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in TRANSFER_KEYS])
     try:
-        return instantiate(args, input_shape=input_shape, num_classes=num_classes)
+        model = instantiate(args, input_shape=input_shape, num_classes=num_classes)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
         raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"model._target_={cfg._target_} gave a {type(model).__name__}, not a torch "
+            "nn.Module: name a module class whose constructor takes input_shape and num_classes"
+        )
+    return model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -70,9 +77,15 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
     fused = {"fused": True} if auto else {}
     try:
         groups = param_groups(model, cfg.get("weight_decay", 0.0))
-        return instantiate(cfg)(params=groups, **fused)
+        optimizer = instantiate(cfg)(params=groups, **fused)
     except (InstantiationException, ValueError, TypeError) as e:
         raise UserError(f"optimizer: {first_line(e.__cause__ or e)}") from None
+    if not isinstance(optimizer, Optimizer):
+        raise UserError(
+            f"optimizer._target_={cfg._target_} gave a {type(optimizer).__name__}, not a "
+            "torch.optim.Optimizer: name an optimizer class (with _partial_: true)"
+        )
+    return optimizer
 
 
 def dry_build(cfg: DictConfig) -> None:
@@ -264,14 +277,17 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["status"] = "completed" if diverged is None else "failed"
     summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None,
-                                    hparams.group_choices(run_dir))  # fmt: skip
+                                    hparams.group_choices(run_dir), state.initial_loss)  # fmt: skip
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     for cb in callbacks:
         cb.on_fit_end(state, summary)
     console.print_summary(summary)
     if diverged is not None:
-        raise UserError(f"{diverged}; the last good checkpoint is {run_dir}/checkpoints/last.pt")
+        folder = run_dir / "checkpoints"
+        kept = (f"its best epoch is in {folder}/best.pt" if state.history
+                else f"the last good checkpoint is {folder}/last.pt")  # fmt: skip
+        raise UserError(f"{diverged}; {kept}")
     return summary
 
 
@@ -338,7 +354,7 @@ def stop_interrupted(
     summary = summarize(state, {"loss": math.nan, "acc": math.nan}, run_dir, dataset, model,
                         time.perf_counter() - start)  # fmt: skip
     summary["status"] = "interrupted"
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     tb.close("interrupted")
     console.console.print(f"saved {path}", highlight=False, soft_wrap=True)
     raise Interrupted(

@@ -28,7 +28,7 @@ GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "regulariza
           "trainer")  # fmt: skip
 CORE_KEYS = ("optimizer.lr", "trainer.batch_size", "trainer.epochs", "trainer.seed")
 # Overrides that say where things are, not how training goes.
-NOT_HPARAMS = ("data.root", "data.download", "trainer.device")
+NOT_HPARAMS = ("data.root", "data.download", "trainer.device", "trainer.overwrite")
 
 STATUS = {
     "completed": api_pb2.STATUS_SUCCESS,

@@ -114,6 +114,7 @@ class FitState:
     running_loss: float = float("nan")  # mean train loss so far this epoch, refreshed at the
     # epoch's first step and then every trainer.log_every_n_steps
     history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
+    initial_loss: float = float("nan")  # the first step's data loss: what divergence is against
     best: dict | None = None  # the history row with the best monitored metric
     improved: bool = False  # this epoch set a new best
     stop: bool = False
@@ -138,6 +139,7 @@ class FitState:
             "progress": self.progress.state_dict() if self.progress is not None else None,
             "history": self.history,
             "best": self.best,
+            "initial_loss": self.initial_loss,
         }
 
     @classmethod
@@ -147,6 +149,7 @@ class FitState:
         if saved["progress"] is not None:
             state.progress = EpochProgress.from_state_dict(saved["progress"], device)
         state.history, state.best = saved["history"], saved["best"]
+        state.initial_loss = float(saved.get("initial_loss", math.nan))  # older checkpoints: none
         return state
 
 
@@ -329,6 +332,8 @@ def train_epoch(
                 stop_signal = state.agree_to_stop(device)
             if p.seen:  # 0 on ranks other than 0 just after a merge
                 state.running_loss = p.sums["loss"].item() / p.seen
+            if state.step == 1:  # every rank: all decide alike whether the run diverged
+                state.initial_loss = first_loss(state.running_loss, device)
             stop_if_diverged(p.nonfinite_at, optimizer, state)
         for cb in callbacks:
             cb.on_step_end(state)
@@ -345,6 +350,15 @@ def train_epoch(
     return out
 
 
+def first_loss(running_loss: float, device: torch.device) -> float:
+    """The first step's loss as rank 0 knows it (it holds the merged sums), on every rank."""
+    if not distributed.enabled():
+        return running_loss
+    mine = running_loss if distributed.is_main() else -math.inf
+    (agreed,) = distributed.all_max(torch.tensor(mine, device=device, dtype=torch.float64))
+    return float(agreed)
+
+
 class Diverged(Exception):
     """The loss became NaN or infinite: training cannot go on."""
 
@@ -356,14 +370,46 @@ class Diverged(Exception):
 def stop_if_diverged(nonfinite_at: torch.Tensor, optimizer: Optimizer, state: FitState) -> None:
     step = int(nonfinite_at.item())
     if step >= 0:
-        group = optimizer.param_groups[0]
-        lr = group.get("initial_lr", group["lr"])  # as configured, before any schedule
-        raise Diverged(
-            f"the loss became NaN/Inf at step {step} (lr {lr:.3g}); likely causes: the learning "
-            "rate is too high, the initial weights too large, or gradients unclipped: try "
-            f"lr={lr / 10:.3g}, regularization.clip_grad_norm=1.0, or init=he_normal",
-            state,
+        what = f"the loss became NaN/Inf at step {step}"
+        raise Diverged(diverged_message(what, optimizer), state)
+
+
+# A run whose training and validation losses both end above this many times where training
+# started (or the loss of guessing uniformly, if higher) diverged: it ends worse than it began.
+# Both: a run that overfits ends with a high val loss but a low train loss, and one that
+# spiked and recovered with a high mean train loss over its last epoch but a low val loss.
+DIVERGED_FACTOR = 1.5
+
+
+def raise_if_ended_diverged(t: Training, data: Data, state: FitState) -> None:
+    """The last epoch's losses against the first step's (or chance's, if higher): a run that
+    ends far above where it started diverged, however finite its numbers."""
+    if not state.history:
+        return
+    last = state.history[-1]
+    labels = data.val.labels[:1000]
+    uniform = torch.zeros(len(labels), data.num_classes, device=labels.device)
+    with torch.no_grad():  # what predicting every class alike scores: chance
+        chance = float(t.loss_fn(uniform, labels))
+    start = max(state.initial_loss, chance) if math.isfinite(state.initial_loss) else chance
+    ended = min(last["train_loss"], last["val_loss"])
+    if ended > DIVERGED_FACTOR * start:
+        what = (
+            f"the run ended with training loss {last['train_loss']:.3g} and validation loss "
+            f"{last['val_loss']:.3g}, both over {DIVERGED_FACTOR}x where training started "
+            f"({start:.3g})"
         )
+        raise Diverged(diverged_message(what, t.optimizer), state)
+
+
+def diverged_message(what: str, optimizer: Optimizer) -> str:
+    group = optimizer.param_groups[0]
+    lr = group.get("initial_lr", group["lr"])  # as configured, before any schedule
+    return (
+        f"{what} (lr {lr:.3g}): the run diverged; likely causes: the learning rate is too "
+        f"high, the initial weights too large, or gradients unclipped: try lr={lr / 10:.3g}, "
+        "regularization.clip_grad_norm=1.0, or init=he_normal"
+    )
 
 
 def keep_frozen_norms_in_eval(model: nn.Module) -> None:
@@ -502,6 +548,8 @@ def fit(
                 cb.on_epoch_end(state, metrics)
             if state.stop:
                 break
+    if not state.interrupted:
+        raise_if_ended_diverged(t, data, state)
     return state
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
@@ -25,8 +24,8 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from trainkit import checkpoint, layout, runtime
 from trainkit.callbacks import Callback
-from trainkit.config import check_targets
 from trainkit.errors import UserError, first_line
+from trainkit.files import write_atomic
 from trainkit.loop import FitState, Training
 
 # Where and how to run may change on resume; what is trained may not.
@@ -53,16 +52,14 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
     """The run's own config (with only CHANGEABLE keys overridden), its dir and checkpoint."""
     path, run_dir = find_checkpoint(target)
     refuse_failed(run_dir, path)
-    saved = checkpoint.load(path)
+    saved = checkpoint.load(path)  # checked: its config names no code but trainkit's own
     if "fit" not in saved:
         raise UserError(
             f"{path} has no resume state (an older trainkit wrote it): start a new run, or "
             "load its weights with model.from_checkpoint="
         )
+    check_resume_state(saved, path)
     cfg = OmegaConf.create(saved["config"])
-    errors = check_targets(cfg)  # before anything from the file is instantiated
-    if errors:
-        raise UserError(f"{path}: {errors[0]}")
     for text in overrides:
         key, _, value = text.partition("=")
         if key not in CHANGEABLE:
@@ -76,6 +73,26 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
             f"start a new run with model.from_checkpoint={path})"
         )
     return cfg, run_dir, saved
+
+
+# What restore() reads, with the type it must have: a damaged file gets one line, not a
+# traceback from deep inside the restore.
+RESUME_STATE = {"model": dict, "optimizer": dict, "rng": dict, "fit": dict, "callbacks": dict,
+                "config": dict, "epoch": int, "step": int, "saved_at": float}  # fmt: skip
+FIT_STATE = {"epochs": int, "steps_per_epoch": int, "epoch": int, "step": int,
+             "generator": torch.Tensor, "history": list}  # fmt: skip
+
+
+def check_resume_state(saved: dict, path: Path) -> None:
+    for where, wanted in ((saved, RESUME_STATE), (saved["fit"], FIT_STATE)):
+        if not isinstance(where, dict):
+            raise checkpoint.damaged(path, "its fit state is not a mapping")
+        for key, kind in wanted.items():
+            if not isinstance(where.get(key), kind):
+                raise checkpoint.damaged(path, f"{key} is missing or not a {kind.__name__}")
+    for key in ("model", "trainer", "optimizer", "scheduler", "data"):
+        if not isinstance(saved["config"].get(key), dict):
+            raise checkpoint.damaged(path, f"its config has no {key} group")
 
 
 def refuse_failed(run_dir: Path, path: Path) -> None:
@@ -114,7 +131,7 @@ def keep_csv_rows(path: Path, epochs: int) -> None:
         return
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
-    write_atomic(path, lambda f: csv.writer(f).writerows(rows[: 1 + epochs]), text=True)
+    write_atomic(path, lambda f: csv.writer(f).writerows(rows[: 1 + epochs]))
 
 
 def keep_events_until(run_dir: Path, until: float) -> None:
@@ -141,22 +158,10 @@ def keep_events_until(run_dir: Path, until: float) -> None:
             writer.write(record)
         writer.flush()
 
-    write_atomic(files[0], write)  # the first name: TensorBoard reads files in name order
+    # The first name: TensorBoard reads files in name order.
+    write_atomic(files[0], write, binary=True)
     for file in files[1:]:
         file.unlink()
-
-
-def write_atomic(path: Path, write: object, text: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w" if text else "wb", newline="" if text else None) as f:
-            write(f)  # type: ignore[operator]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def restore(saved: dict, t: Training, callbacks: list[Callback], device: object) -> FitState:
@@ -169,12 +174,12 @@ def restore(saved: dict, t: Training, callbacks: list[Callback], device: object)
             t.scheduler.load_state_dict(saved["scheduler"])
         if t.scaler is not None and saved.get("scaler") is not None:
             t.scaler.load_state_dict(saved["scaler"])
-    except (RuntimeError, KeyError, ValueError) as e:
+        state = FitState.from_state_dict(saved["fit"], device)  # type: ignore[arg-type]
+        for cb in callbacks:
+            name = type(cb).__name__
+            if name in saved["callbacks"]:
+                cb.load_state_dict(saved["callbacks"][name], state)
+        runtime.set_rng_state(saved["rng"])  # last: building the model drew from them
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"the checkpoint does not fit its own config ({first_line(e)})") from None
-    state = FitState.from_state_dict(saved["fit"], device)  # type: ignore[arg-type]
-    for cb in callbacks:
-        name = type(cb).__name__
-        if name in saved["callbacks"]:
-            cb.load_state_dict(saved["callbacks"][name], state)
-    runtime.set_rng_state(saved["rng"])  # last: building the model drew from them
     return state

@@ -122,7 +122,7 @@ def accuracies(runs: dict[str, Run]) -> str:
 
 
 def fmt_acc(r: Run) -> str:
-    return "diverged (NaN)" if r.failed else f"{r.last('val_acc'):.3f}"
+    return "diverged" if r.failed else f"{r.last('val_acc'):.3f}"
 
 
 # ------------------------------------------------------------------ the claims, one each

@@ -21,10 +21,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit.config import shorten_aliases
+from trainkit.errors import UserError, first_line
+from trainkit.files import write_text_atomic
 
 SEED_KEY = "seed"  # trainer.seed as the user types it
-NOT_COMPARED = ("data.root", "data.download")  # where the data is, not how training goes
 FAILED = "failed"
+# What every metrics.csv row has; NaN where a damaged file lacks one.
+COLUMNS = dict.fromkeys(("epoch", "train_loss", "train_acc", "val_loss", "val_acc"), math.nan)
 FAILED_JOBS: list[Job] = []  # of the sweeps reported in this process: cli.main's exit code
 
 
@@ -40,13 +43,17 @@ class Job:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "completed" if self.summary else "unfinished")
+        return str(self.summary.get("status", "completed" if self.summary else "unfinished"))
 
     @property
     def monitor(self) -> str:
-        """The job's trainer.monitor, from its saved config."""
-        config = OmegaConf.load(self.path / ".hydra" / "config.yaml")
-        return str(OmegaConf.select(config, "trainer.monitor", default="val_acc"))
+        """The job's trainer.monitor, from its saved config (val_acc if it cannot be read)."""
+        try:
+            config = OmegaConf.load(self.path / ".hydra" / "config.yaml")
+            monitor = OmegaConf.select(config, "trainer.monitor", default="val_acc")
+        except Exception:  # a damaged file: the folder is data, and the report goes on
+            return "val_acc"
+        return monitor if monitor in ("val_acc", "val_loss") else "val_acc"
 
     @property
     def ok(self) -> bool:
@@ -54,8 +61,8 @@ class Job:
 
     @property
     def reason(self) -> str:
-        return self.summary.get("reason") or (
-            "" if self.ok else self.summary.get("stop_reason", "")
+        return str(
+            self.summary.get("reason") or ("" if self.ok else self.summary.get("stop_reason", ""))
         )
 
     def best(self, metric: str) -> float:
@@ -71,10 +78,14 @@ class Job:
         return pick(rows, key=lambda row: row[metric])
 
     def final(self, metric: str) -> float:
-        return (self.summary.get("final") or {}).get(metric, math.nan)
+        return self._number("final", metric)
 
     def test(self, metric: str) -> float:
-        return (self.summary.get("test") or {}).get(metric, math.nan)
+        return self._number("test", metric)
+
+    def _number(self, section: str, metric: str) -> float:
+        values = self.summary.get(section)
+        return number(values.get(metric)) if isinstance(values, dict) else math.nan
 
     def history(self) -> list[dict[str, float]]:
         """metrics.csv: one row per finished epoch (read once)."""
@@ -82,10 +93,26 @@ class Job:
         if self._history is None:
             self._history = []
             if path.is_file():
-                with path.open(newline="") as f:
+                with path.open(newline="", errors="replace") as f:
                     rows = csv.DictReader(f)
-                    self._history = [{k: float(v) for k, v in r.items() if v} for r in rows]
+                    self._history = [
+                        {**COLUMNS, **{k: number(v) for k, v in r.items() if k and v}}
+                        for r in rows
+                    ]
         return self._history
+
+
+def number(text: object) -> float:
+    """A metrics.csv cell as a float; NaN for one that is not a number (a damaged file)."""
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def whole(value: float) -> int | str:
+    """An epoch number for the table; "" for none (or one a damaged file made NaN)."""
+    return int(value) if math.isfinite(value) and value else ""
 
 
 def record_failure(run_dir: Path, reason: str, job_label: str, monitor: str) -> float:
@@ -93,10 +120,12 @@ def record_failure(run_dir: Path, reason: str, job_label: str, monitor: str) -> 
     `monitor` for the sweeper: Optuna then steers away from that region and goes on (it stops
     the whole study on NaN or an exception); Hydra's basic sweeper ignores the value."""
     path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {"run_dir": str(run_dir)}
+    summary = read_summary(path) or {"run_dir": str(run_dir)}
     summary |= {"status": FAILED, "reason": reason}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+    except UserError as e:  # a full disk: the failure is still said, here and in the report
+        reason = f"{reason} ({e})"
     print(f"trainkit: job {job_label} failed: {reason}", file=sys.stderr, flush=True)
     return -math.inf if maximized(monitor) else math.inf
 
@@ -107,16 +136,42 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
     for hydra_dir in sweep_dir.glob("*/.hydra"):
         if not (hydra_dir / "overrides.yaml").is_file():
             continue
-        overrides = {}
+        overrides, num, damage = read_hydra_files(hydra_dir)
+        summary = read_summary(hydra_dir.parent / "summary.json")
+        if damage:
+            summary = {"status": FAILED, "reason": damage, "damaged": True}
+        jobs.append(Job(num, hydra_dir.parent, overrides, summary))
+    return sorted(jobs, key=lambda job: job.num)
+
+
+def read_hydra_files(hydra_dir: Path) -> tuple[dict[str, str], int, str]:
+    """A job's overrides (aliases as typed) and number, from what Hydra wrote; the third item
+    says what is damaged, if anything (the folder is data: the report goes on without it)."""
+    overrides = {}
+    try:
         for text in OmegaConf.load(hydra_dir / "overrides.yaml"):
             key, _, value = shorten_aliases(str(text)).partition("=")
-            if not key.startswith("hydra") and key not in NOT_COMPARED:
+            if not key.startswith("hydra"):
                 overrides[key.lstrip("+~")] = value
         num = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num")
-        summary_path = hydra_dir.parent / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        jobs.append(Job(int(num or 0), hydra_dir.parent, overrides, summary))
-    return sorted(jobs, key=lambda job: job.num)
+        return overrides, int(num or 0), ""
+    except Exception as e:
+        why = first_line(e)[:80]
+        return overrides, 10**9, f"{hydra_dir} cannot be read ({type(e).__name__}: {why})"
+
+
+def read_summary(path: Path) -> dict:
+    """A job's summary.json; {} if there is none; a failed job's if it is damaged."""
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = f"{path} is damaged ({type(e).__name__}: {first_line(e)[:80]})"
+        return {"status": FAILED, "reason": reason, "damaged": True}
+    return summary
 
 
 def varied_keys(jobs: list[Job]) -> list[str]:
@@ -220,14 +275,14 @@ def job_rows(report: Report) -> list[dict[str, Any]]:
             "status": job.status,
             **{key: job.overrides.get(key, "") for key in report.keys},
             f"best_{m}": job.best(m),
-            "best_epoch": int((job.best_row(m) or {}).get("epoch", 0)) or "",
+            "best_epoch": whole((job.best_row(m) or {}).get("epoch", math.nan)),
             "final_train_loss": job.final("train_loss"),
             "final_val_loss": job.final("val_loss"),
             "final_val_acc": job.final("val_acc"),
             "test_acc": job.test("acc"),
             "test_loss": job.test("loss"),
             "epochs_run": job.summary.get("epochs_run", ""),  # not "epochs": a key one may sweep
-            "time_s": job.summary.get("wall_time_s", math.nan),
+            "time_s": number(job.summary.get("wall_time_s")),
             "reason": job.reason,
         })  # fmt: skip
     return rows

@@ -2,7 +2,10 @@
 hand. With final train/val accuracy a_t, a_v and losses l_t, l_v, and the best val loss l* at
 epoch e* (thresholds in conf/diagnostics/default.yaml, `verdict:`):
 
-- diverged:  a loss is not finite, or the last train loss is above the first epoch's.
+- diverged:  a loss is not finite, or the last train loss is above the first epoch's (the
+             loop also fails a run whose losses end far above the first step's).
+- lr too high: an epoch's mean train loss rose above spike_factor x the first step's loss,
+             and the run recovered: the learning rate was too high for part of it.
 - overfit:   a_t - a_v > overfit_gap, or l_v has risen more than overfit_rise (relative) above
              l* since e* while training went on.
 - underfit:  a_t < underfit_acc: the model cannot even fit its training data.
@@ -23,6 +26,8 @@ ADVICE = {
     "overfit": ["regularization.l2=1e-4 (or optimizer=adamw)", "model.dropout=0.3",
                 "augment=standard", "regularization=early_stopping",
                 "data.train_size=<more data>"],
+    "lr too high": ["lr=<a third of this one>", "scheduler=warmup_cosine",
+                    "regularization.clip_grad_norm=1.0"],
     "underfit": ["a bigger model (e.g. model.hidden=[512,256] or model=cnn)",
                  "epochs=<twice as many>", "lr=<3x higher>", "regularization.l2=0 model.dropout=0"],
     "plateaued": ["scheduler=plateau", "scheduler=onecycle", "lr=<a third of this one>"],
@@ -30,12 +35,17 @@ ADVICE = {
 }  # fmt: skip
 
 
+SPIKE_FACTOR = 1.5  # as loop.DIVERGED_FACTOR: an epoch this far above the start spiked
+
+
 def diagnose(
-    history: list[dict], cfg: DictConfig, diverged: bool = False, choices: dict | None = None
-) -> dict:
+    history: list[dict], cfg: DictConfig, diverged: bool = False, choices: dict | None = None,
+    initial_loss: float = math.nan,
+) -> dict:  # fmt: skip
     """{'verdict': ..., 'evidence': {numbers}, 'advice': [overrides worth trying next]}.
     `choices` (group -> option, Hydra's runtime choices): advice the run already follows, such
-    as scheduler=onecycle to a one-cycle run, is left out."""
+    as scheduler=onecycle to a one-cycle run, is left out. `initial_loss`: the first step's
+    training loss, against which a spike is measured."""
     if not history:  # stopped inside the first epoch
         verdict = "diverged" if diverged else "good fit"
         return {"verdict": verdict, "evidence": {"epochs": 0},
@@ -57,8 +67,15 @@ def diagnose(
         "epochs": last["epoch"],
     }
     worse = last["train_loss"] > first["train_loss"]
+    peak = max(history, key=lambda m: m["train_loss"])
+    spiked = peak["train_loss"] > SPIKE_FACTOR * initial_loss  # False when it is NaN
+    if spiked:
+        evidence |= {"initial_loss": initial_loss, "peak_train_loss": peak["train_loss"],
+                     "peak_epoch": peak["epoch"]}  # fmt: skip
     if diverged or worse or not all(math.isfinite(x) for x in losses):
         verdict = "diverged"
+    elif spiked:
+        verdict = "lr too high"
     elif gap > cfg.overfit_gap or (best["epoch"] < last["epoch"] and rise > cfg.overfit_rise):
         verdict = "overfit"
     elif last["train_acc"] < cfg.underfit_acc:

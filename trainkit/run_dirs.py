@@ -1,0 +1,126 @@
+"""A run's folder belongs to one run: a new run never writes into a folder that holds another,
+and two processes never write into one folder at once.
+
+Before Hydra writes anything (it starts with <run dir>/.hydra/), `claim` picks the folder,
+locks it for this process (an flock on <folder>/.trainkit.lock, released when the process
+ends, however it ends) and pins it on Hydra's command line, so that the folder checked is the
+folder used. A folder the user named that already holds a run is refused; the default,
+timestamped folder moves on to a free sibling (<time>-1, <time>-2, ...) when a run started in
+the same second took it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+from pathlib import Path
+
+from trainkit.errors import UserError
+from trainkit.files import write_error
+
+LOCK = ".trainkit.lock"
+RUN_FILES = (".hydra", "summary.json", "metrics.csv", "checkpoints", "trainkit.log", "curves.png")
+SWEEP_FILES = ("multirun.yaml", "summary.csv")
+_held: list[int] = []  # this process's locks: open file descriptors
+
+
+def holds_run(folder: Path) -> bool:
+    """A run (or a sweep) wrote into `folder`."""
+    try:
+        if not folder.is_dir():
+            return False
+        return (
+            any((folder / name).exists() for name in RUN_FILES + SWEEP_FILES)
+            or any(folder.glob("events.out.tfevents.*"))
+            or any(folder.glob("*/.hydra"))
+        )
+    except OSError:  # a name the file system cannot hold: nothing is there (lock() says why)
+        return False
+
+
+def in_use(folder: Path) -> bool:
+    """Another process holds `folder`'s lock (looked at without creating anything)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def lock(folder: Path) -> bool:
+    """Make `folder` and hold its lock for the life of this process; False if another process
+    holds it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise write_error(folder / LOCK, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
+
+
+def release() -> None:
+    """Let go of every lock this process holds (the process ending does the same)."""
+    while _held:
+        with contextlib.suppress(OSError):
+            os.close(_held.pop())
+
+
+def claim(folder: Path, named: bool, overwrite: bool = False, key: str = "hydra.run.dir") -> Path:
+    """The folder this run writes into, locked. `named`: the user chose it (`key`=...); then it
+    must not hold a run unless `overwrite` (its run's files are deleted first). Otherwise a
+    free folder beside it is taken if it is busy."""
+    if not named:
+        for candidate in (folder, *(folder.with_name(f"{folder.name}-{i}") for i in range(1, 100))):
+            if not holds_run(candidate) and lock(candidate):
+                return candidate
+        raise UserError(f"{folder} and 99 folders beside it are in use: name one with {key}=")
+    if in_use(folder):
+        raise UserError(f"{folder} is in use by another trainkit process: wait for it to end, "
+                        f"or choose another folder with {key}=<folder>")  # fmt: skip
+    if holds_run(folder) and not overwrite:
+        again = (" (trainer.overwrite=true deletes that run and starts again there)"
+                 if key == "hydra.run.dir" else "")  # fmt: skip
+        raise UserError(
+            f"{folder} already holds a run: go on with it with `trainkit resume={folder}`, or "
+            f"choose a fresh folder with {key}=<folder>{again}"
+        )
+    if not lock(folder):
+        raise UserError(f"{folder} is in use by another trainkit process: choose another folder")
+    if overwrite:
+        clear(folder)
+    return folder
+
+
+def clear(folder: Path) -> None:
+    """Delete a run's files from `folder` (trainer.overwrite=true), keeping the lock."""
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    for path in folder.glob("events.out.tfevents.*"):
+        path.unlink()
+
+
+def hydra_value(path: Path) -> str:
+    """`path` as a value on Hydra's command line: quoted unless it is plain."""
+    text = str(path)
+    if re.fullmatch(r"[\w./\-+@~%:]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
