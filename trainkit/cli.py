@@ -75,7 +75,7 @@ def main() -> None:
         report("trainkit", e)
         sys.exit(2)
     except OSError as e:  # Hydra writing .hydra/ on a full disk, say
-        error = user_error(e, Path("outputs"))
+        error = user_error(e, run_dirs.claimed[-1] if run_dirs.claimed else Path("outputs"))
         if error is None:
             raise
         report("trainkit", error)

@@ -69,8 +69,8 @@ def user_error(e: OSError, fallback: Path) -> UserError | None:
 def write_error(path: Path, e: OSError, resume_hint: bool = False) -> UserError:
     """One line for a file that could not be written: what happened and what to do."""
     if e.errno in FULL:
-        then = "resume the run" if resume_hint else "run it again"
-        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was kept"
+        kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was kept"
+        then = "resume the run" if resume_hint and path.is_file() else "run it again"
         return UserError(f"no space left on the device to write {path}: free some space and "
                          f"{then} ({kept})")  # fmt: skip
     if e.errno == errno.ENAMETOOLONG:

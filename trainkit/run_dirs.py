@@ -25,6 +25,7 @@ LOCK = ".trainkit.lock"
 RUN_FILES = (".hydra", "summary.json", "metrics.csv", "checkpoints", "trainkit.log", "curves.png")
 SWEEP_FILES = ("multirun.yaml", "summary.csv")
 _held: list[int] = []  # this process's locks: open file descriptors
+claimed: list[Path] = []  # the folders they lock, in the order claimed
 
 
 def holds_run(folder: Path) -> bool:
@@ -70,6 +71,7 @@ def lock(folder: Path) -> bool:
         os.close(fd)
         return False
     _held.append(fd)
+    claimed.append(folder)
     return True
 
 
@@ -78,6 +80,7 @@ def release() -> None:
     while _held:
         with contextlib.suppress(OSError):
             os.close(_held.pop())
+    claimed.clear()
 
 
 def claim(folder: Path, named: bool, overwrite: bool = False, key: str = "hydra.run.dir") -> Path:
