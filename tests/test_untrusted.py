@@ -237,6 +237,14 @@ def test_the_default_folder_moves_aside_when_a_run_started_in_the_same_second_ha
     assert run_dirs.hydra_value(Path(plain)) == plain
 
 
+def test_printing_the_config_claims_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["--cfg", "job"], monkeypatch, capsys) == (0, [])
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_sweep_over_a_key_left_out_of_folder_names_keeps_every_job(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:

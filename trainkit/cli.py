@@ -158,7 +158,8 @@ def dispatch() -> None:
             for line in errors if is_rank_zero() else []:  # under torchrun: once, not per rank
                 print(f"trainkit: error: {line}", file=sys.stderr)
             sys.exit(2)
-        if is_rank_zero():  # the others write into throwaway folders (join_torchrun)
+        if is_rank_zero() and not args.cfg:  # --cfg prints; under torchrun, the others write
+            # into throwaway folders (join_torchrun)
             sys.argv += claim_outputs(args.overrides, args.multirun)
     # What goes wrong outside trainkit's code (Hydra writing .hydra/ on a full disk) reaches
     # main() as an exception, for one line, instead of Hydra's printed traceback.
