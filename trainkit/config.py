@@ -17,7 +17,18 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+def find_conf_dir() -> Path:
+    """The config tree: trainkit/conf in an installed wheel, conf/ beside the package in a
+    checkout (pyproject.toml ships the one as the other)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"trainkit's config tree is missing: no conf/config.yaml in or beside "
+                       f"{package}; reinstall trainkit")  # fmt: skip
+
+
+CONF_DIR = find_conf_dir()
 
 # Short names on the command line for the keys everybody sweeps. They are rewritten into the
 # full key before Hydra composes, so each value lives in one place and the saved config is true.
