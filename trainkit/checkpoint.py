@@ -46,9 +46,15 @@ def save_atomic(obj: Any, path: Path) -> None:
     write_atomic(path, lambda f: torch.save(obj, f), binary=True, resume_hint=True)
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+Targets = set[tuple[str, str]]  # (where in the config, _target_): what the user named
+
+
+def load(
+    path: Path, map_location: str | torch.device = "cpu", trusted: Targets = frozenset()
+) -> dict:
     """A trainkit checkpoint's dict, checked to be one: tensors and plain containers only
-    (weights_only), a `model` state dict of tensors, and a config that is data (refuse_code)."""
+    (weights_only), a `model` state dict of tensors, and a config that is data (refuse_code;
+    `trusted`: the user's own classes, named by the user at the same place of their config)."""
     try:
         check_sums(path)
         saved = torch.load(path, map_location=map_location, weights_only=True)
@@ -67,7 +73,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
             ) from None  # torch's own messages suggest weights_only=False: not for us
         reason = first_line(e).split(". ")[0][:120]
         raise damaged(path, f"{type(e).__name__}: {reason}") from None
-    check_shape(saved, path)
+    check_shape(saved, path, trusted)
     return saved
 
 
@@ -92,7 +98,7 @@ def damaged(path: Path, why: str) -> UserError:
     )
 
 
-def check_shape(saved: object, path: Path) -> None:
+def check_shape(saved: object, path: Path, trusted: Targets = frozenset()) -> None:
     """What every reader of a checkpoint relies on: a dict, its `model` a state dict of
     tensors, its `config` (if any) a dict that names no code (refuse_code)."""
     if not isinstance(saved, dict):
@@ -106,13 +112,14 @@ def check_shape(saved: object, path: Path) -> None:
     config = saved.get("config", {})
     if not isinstance(config, dict):
         raise damaged(path, "its config is not a mapping")
-    refuse_code(config, path)
+    refuse_code(config, path, trusted)
 
 
-def refuse_code(config: dict, path: Path) -> None:
-    """Refuse a checkpoint config that names code: a _target_ anywhere but model._target_ and
-    optimizer._target_, one there that REGISTERED_TARGETS does not list, or an interpolation
-    (${...}: resolvers run when a value is read)."""
+def refuse_code(config: dict, path: Path, trusted: Targets = frozenset()) -> None:
+    """Refuse a checkpoint config that names code: a _target_ that is neither registered for
+    its place (REGISTERED_TARGETS: model._target_, optimizer._target_) nor one the user named
+    at the same place (`trusted`), or an interpolation (${...}: resolvers run when a value is
+    read)."""
     for where, key, value in walk(config):
         full = f"{where}.{key}" if where else str(key)
         if not isinstance(key, str | int):
@@ -122,16 +129,21 @@ def refuse_code(config: dict, path: Path) -> None:
                 f"checkpoint {path} is refused: its config value {full} is an interpolation, "
                 "and trainkit writes resolved values only; use a checkpoint trainkit wrote"
             )
-        if key != "_target_":
+        if key != "_target_" or value in REGISTERED_TARGETS.get(where, ()):
             continue
-        allowed = REGISTERED_TARGETS.get(where, ())
-        if value not in allowed:
+        if (where, value) not in trusted:
             shown = str(value)[:80]
             raise UserError(
                 f"checkpoint {path} is refused: its config names code to run ({full}={shown}), "
-                "and a checkpoint may name only trainkit's own models and optimizers; use a "
-                "checkpoint trainkit wrote"
+                "and a checkpoint alone may name only trainkit's own models and optimizers; if "
+                f"it is your own class, name it yourself ({full}={shown}, or your config's "
+                "option with --config-dir)"
             )
+
+
+def targets_in(config: dict) -> Targets:
+    """Every (place, _target_) of a config: those the user named, in their own config."""
+    return {(where, str(value)) for where, key, value in walk(config) if key == "_target_"}
 
 
 def walk(node: object, where: str = "") -> Iterator[tuple[str, object, object]]:

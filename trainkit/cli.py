@@ -133,6 +133,7 @@ def stop_sweep(e: SweepInterrupted) -> int:
 
 
 def dispatch() -> None:
+    sys.argv[1:] = config_dirs_to_search_path(sys.argv[1:])
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if under_torchrun() and command in ("compare", "study", *SUBCOMMANDS):
         if is_rank_zero():
@@ -168,6 +169,33 @@ def dispatch() -> None:
     hydra_app()
     if FAILED_JOBS:  # the sweep finished the other jobs; its exit code still says some failed
         sys.exit(1)
+
+
+def config_dirs_to_search_path(args: list[str]) -> list[str]:
+    """`--config-dir DIR` (`-cd DIR`) as Hydra's `hydra.searchpath=[file://DIR]`: the same
+    search path for the pre-flight check, the subcommands and the run. A user's config dir
+    adds options to trainkit's groups (DIR/model/my_net.yaml: model=my_net)."""
+    dirs, rest, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config-dir="):
+            dirs.append(arg.partition("=")[2])
+        else:
+            rest.append(arg)
+        i += 1
+    if not dirs:
+        return args
+    paths = [f"file://{Path(d).expanduser().resolve()}" for d in dirs]
+    given = [a for a in rest if a.startswith("hydra.searchpath=")]
+    if given:  # one list: Hydra takes the last value of a key
+        rest.remove(given[-1])
+        listed = given[-1].partition("=")[2].strip().strip("[]")
+        paths += [p.strip() for p in listed.split(",") if p.strip()]
+    return [*rest, f"hydra.searchpath=[{','.join(paths)}]"]
 
 
 def under_torchrun() -> bool:
@@ -392,6 +420,7 @@ def preflight(overrides: list[str], multirun: bool, check_data: bool = True) -> 
     """Compose and validate every job the overrides describe; all the problems, one line each.
     `check_data`: read and check the dataset files each job would train on (data.check)."""
     app_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    search = [o for o in overrides if o.startswith("hydra.searchpath=")]  # the user's configs
     parser = OverridesParser.create()
     for text in app_overrides:
         try:
@@ -410,7 +439,7 @@ def preflight(overrides: list[str], multirun: bool, check_data: bool = True) -> 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for job in expand_sweeps(app_overrides):
-            for line in check_job(job, check_data):
+            for line in check_job([*search, *job], check_data):
                 if line not in errors:
                     errors.append(line)
         if not errors:

@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+
 def find_conf_dir() -> Path:
     """The config tree: trainkit/conf in an installed wheel, conf/ beside the package in a
     checkout (pyproject.toml ships the one as the other)."""

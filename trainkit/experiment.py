@@ -49,13 +49,21 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
-        raise UserError(f"model cannot be built: {first_line(e.__cause__ or e)}") from None
+        raise UserError(f"model cannot be built: {last_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(
             f"model._target_={cfg._target_} gave a {type(model).__name__}, not a torch "
             "nn.Module: name a module class whose constructor takes input_shape and num_classes"
         )
     return model
+
+
+def last_line(e: InstantiationException) -> str:
+    """What went wrong, from Hydra's wrapper: its first line, or its last when the first only
+    names the target ("Error loading 'mynet.Nett':")."""
+    text = str(e.__cause__ or e).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
+    return lines[0] if not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -159,7 +167,7 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
 
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     initialize(model, cfg.init)
-    if cfg.model.from_checkpoint or cfg.model.freeze:
+    if cfg.model.get("from_checkpoint") or cfg.model.get("freeze"):  # a user's model may lack them
         replaced, differing = transfer.apply(model, cfg.model)
         if replaced:
             console.console.print(f"not loaded (new shape, initialized): {', '.join(replaced)}")

@@ -24,6 +24,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from trainkit import checkpoint, layout, runtime
 from trainkit.callbacks import Callback
+from trainkit.config import compose_config, shorten_aliases
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
 from trainkit.loop import FitState, Training
@@ -49,10 +50,16 @@ def find_checkpoint(target: str) -> tuple[Path, Path]:
 
 
 def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
-    """The run's own config (with only CHANGEABLE keys overridden), its dir and checkpoint."""
+    """The run's own config (with only CHANGEABLE keys overridden), its dir and checkpoint.
+    Other overrides may repeat the run's own values (the command that started it, with
+    resume= added): they are composed (with the user's config dir) and compared."""
     path, run_dir = find_checkpoint(target)
     refuse_failed(run_dir, path)
-    saved = checkpoint.load(path)  # checked: its config names no code but trainkit's own
+    changes = [o for o in overrides if o.partition("=")[0] in CHANGEABLE]
+    repeats = [o for o in overrides if o not in changes]
+    composed = compose_config(repeats) if repeats else None
+    trusted = checkpoint.targets_in(to_container(composed)) if composed is not None else set()
+    saved = checkpoint.load(path, trusted=trusted)  # names no code but trainkit's and theirs
     if "fit" not in saved:
         raise UserError(
             f"{path} has no resume state (an older trainkit wrote it): start a new run, or "
@@ -60,11 +67,10 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
         )
     check_resume_state(saved, path)
     cfg = OmegaConf.create(saved["config"])
-    for text in overrides:
+    if composed is not None:
+        refuse_changes(repeats, composed, saved["config"])
+    for text in changes:
         key, _, value = text.partition("=")
-        if key not in CHANGEABLE:
-            raise UserError(f"{text}: a resumed run keeps its config; only "
-                            f"{', '.join(CHANGEABLE)} may change")  # fmt: skip
         OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None)
     fit = saved["fit"]
     if fit["progress"] is None and fit["epoch"] >= fit["epochs"]:
@@ -73,6 +79,28 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
             f"start a new run with model.from_checkpoint={path})"
         )
     return cfg, run_dir, saved
+
+
+def to_container(cfg: DictConfig | None) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}  # type: ignore[return-value]
+
+
+def refuse_changes(overrides: list[str], composed: DictConfig, saved: dict) -> None:
+    """Each override (a key or a group) must give the value the run was saved with."""
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        if key.startswith("hydra."):  # where configs are found, not what the run is
+            continue
+        ours = OmegaConf.select(composed, key)
+        ours = OmegaConf.to_container(ours, resolve=True) if OmegaConf.is_config(ours) else ours
+        theirs = OmegaConf.select(OmegaConf.create(saved), key)
+        theirs = OmegaConf.to_container(theirs) if OmegaConf.is_config(theirs) else theirs
+        if ours != theirs:
+            was = f"another {key}" if isinstance(theirs, dict) else f"{key}={theirs}"
+            raise UserError(
+                f"{shorten_aliases(text)}: a resumed run keeps its config, and it was saved with "
+                f"{shorten_aliases(was)}; only {', '.join(CHANGEABLE)} may change"
+            )
 
 
 # What restore() reads, with the type it must have: a damaged file gets one line, not a

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from torch import nn
 
@@ -31,12 +31,14 @@ def checkpoint_path(path: str) -> Path:
     return p
 
 
-def load_weights(model: nn.Module, path: str) -> tuple[list[str], dict]:
+def load_weights(
+    model: nn.Module, path: str, trusted: checkpoint.Targets = frozenset()
+) -> tuple[list[str], dict]:
     """Copy every tensor of the checkpoint whose name and shape match. Returns the names of the
     tensors left as initialized (shape changed) and the checkpoint's model config. A different
-    architecture is an error."""
+    architecture is an error. `trusted`: the user's own classes (checkpoint.load)."""
     file = checkpoint_path(path)
-    ckpt = checkpoint.load(file)
+    ckpt = checkpoint.load(file, trusted=trusted)
     theirs, ours = ckpt["model"], model.state_dict()
     missing = [k for k in ours if k not in theirs]
     unexpected = [k for k in theirs if k not in ours]
@@ -99,10 +101,12 @@ def apply(model: nn.Module, cfg: DictConfig) -> tuple[list[str], list[str]]:
     """Load and freeze as the model group says. Returns the names of the replaced tensors and
     warnings about settings that differ from the checkpoint's (differing_settings)."""
     replaced, warnings = [], []
-    if cfg.from_checkpoint:
-        replaced, theirs = load_weights(model, cfg.from_checkpoint)
-        warnings = differing_settings(theirs, cfg, str(checkpoint_path(cfg.from_checkpoint)))
-    freeze(model, list(cfg.freeze))
+    source = cfg.get("from_checkpoint")  # a user's model config may leave both keys out
+    if source:
+        trusted = checkpoint.targets_in({"model": OmegaConf.to_container(cfg, resolve=True)})
+        replaced, theirs = load_weights(model, source, trusted)
+        warnings = differing_settings(theirs, cfg, str(checkpoint_path(source)))
+    freeze(model, list(cfg.get("freeze") or []))
     return replaced, warnings
 
 
