@@ -225,6 +225,45 @@ def test_bad_data_refuses_the_sweep_before_any_job(fmnist_slice: Path, tmp_path:
     assert not (tmp_path / "outputs").exists()
 
 
+def test_an_optuna_study_in_sqlite_is_joined_by_a_second_invocation(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """Shared storage is how several processes or machines work on one study."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["-m", "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=2", "epochs=1",
+            f"hydra.sweeper.storage={storage}", *small_overrides(fmnist_slice)]  # fmt: skip
+    for seed in (0, 1):  # another sampler seed: the second process proposes other lrs
+        result = trainkit(*args, f"hydra.sweeper.sampler.seed={seed}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="lr_search", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len({t.params["optimizer.lr"] for t in study.trials}) == 4
+    assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("launcher", "threads"),
+    [({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+       "n_jobs": -1}, 1),
+     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+       "array_parallelism": 256, "cpus_per_task": None}, 1),
+     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+       "array_parallelism": 1, "cpus_per_task": None}, 2),
+     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+       "array_parallelism": 64, "cpus_per_task": 8}, None),
+     ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None)],
+)  # fmt: skip
+def test_launchers_running_jobs_side_by_side_divide_the_cores(
+    launcher: dict, threads: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainkit import runtime
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    assert runtime.threads_per_job(OmegaConf.create(launcher)) == threads
+
+
 def test_optuna_searches_the_lr_on_a_log_scale(fmnist_slice: Path, tmp_path: Path) -> None:
     """Acceptance 4: six Optuna trials; each job returns the metric the study maximizes."""
     args = ["hydra/sweeper=lr_search", "hydra.sweeper.n_trials=6", *small_overrides(fmnist_slice)]

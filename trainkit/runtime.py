@@ -71,15 +71,23 @@ def available_cores() -> int:
 
 
 def threads_per_job(launcher: DictConfig) -> int | None:
-    """Torch threads for one job of a sweep whose jobs run side by side on this machine
-    (Hydra's joblib launcher): the cores divided among them. None: leave the default."""
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
-        return None
+    """Torch threads for one job of a sweep whose jobs run side by side on this machine: the
+    cores divided among them (Hydra's joblib launcher: n_jobs at once; submitit's local one:
+    cpus_per_task if set, else up to array_parallelism at once). None: leave the default
+    (one job at a time, or jobs on other machines)."""
+    target = str(launcher.get("_target_", "")).lower()
     cores = available_cores()
-    n_jobs = launcher.get("n_jobs") or 1
-    if n_jobs < 0:  # joblib's convention: -1 is all cores, -2 all but one, ...
-        n_jobs = max(1, cores + 1 + n_jobs)
-    return max(1, cores // n_jobs)
+    if "joblib" in target:
+        n_jobs = launcher.get("n_jobs") or 1
+        if n_jobs < 0:  # joblib's convention: -1 is all cores, -2 all but one, ...
+            n_jobs = max(1, cores + 1 + n_jobs)
+        return max(1, cores // n_jobs)
+    if "submitit" in target and "local" in target:
+        if launcher.get("cpus_per_task"):
+            return int(launcher.cpus_per_task)
+        at_once = launcher.get("array_parallelism") or cores
+        return max(1, cores // min(at_once, cores))
+    return None
 
 
 def setup(trainer: DictConfig) -> torch.device:
