@@ -101,6 +101,29 @@ def test_a_users_model_trains_resumes_and_evaluates_from_their_config_dir(
     assert json.loads(result.read_text())["samples"] == 400
 
 
+def test_a_schedule_is_one_yaml_file(user: Path, fmnist_slice: Path) -> None:
+    """torch's StepLR, named by a YAML in the user's config dir: nothing else to add."""
+    (user / "conf" / "scheduler").mkdir()
+    (user / "conf" / "scheduler" / "tenfold.yaml").write_text(
+        "_target_: torch.optim.lr_scheduler.StepLR\n_partial_: true\n"
+        "interval: epoch\nstep_size: 1\ngamma: 0.1\n"
+    )
+    args = ["--config-dir", "conf", "scheduler=tenfold", "epochs=3", "hydra.run.dir=run"]
+    result = trainkit(*small_overrides(fmnist_slice), *args, cwd=user)
+    assert result.returncode == 0, result.stderr
+    rows = (user / "run" / "metrics.csv").read_text().splitlines()
+    lr = [float(row.split(",")[2]) for row in rows[1:]]  # the lr each epoch began with
+    assert lr == pytest.approx([1e-3, 1e-4, 1e-5])
+    (user / "conf" / "scheduler" / "wrong.yaml").write_text("_target_: builtins.str\n")
+    wrong = trainkit(*small_overrides(fmnist_slice), "--config-dir", "conf", "scheduler=wrong",
+                     "hydra.run.dir=wrong", cwd=user)  # fmt: skip
+    assert wrong.returncode == 2 and wrong.stderr == (
+        "trainkit: error: scheduler._target_=builtins.str gave a str, not a torch LRScheduler: "
+        "name a scheduler class (with _partial_: true)\n"
+    )
+    assert not (user / "wrong").exists()  # found before the run started
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from trainkit.errors import UserError
@@ -138,3 +139,14 @@ def test_plateau_cuts_the_lr_after_patience_epochs_without_improvement() -> None
         lrs.append(optimizer.param_groups[0]["lr"])
     # Best 0.9 at epoch 2; epochs 3, 4 are within patience; epoch 5 is the third bad one.
     assert lrs == pytest.approx([LR, LR, LR, LR, LR * 0.5, LR * 0.5, LR * 0.5, LR * 0.25])
+
+
+def test_a_checkpoint_from_before_schedule_targets_builds_its_schedule() -> None:
+    """Configs saved before schedules had a _target_ name them: {name: cosine, ...}."""
+    old = OmegaConf.create({"name": "cosine", "interval": "step", "eta_min": 0.0})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = build_scheduler(old, optimizer, 10, 3)
+    assert isinstance(schedule, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert schedule.T_max == 30
+    assert build_scheduler(OmegaConf.create({"name": "none", "interval": "step"}), optimizer,
+                           10, 3) is None  # fmt: skip

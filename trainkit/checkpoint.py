@@ -3,8 +3,9 @@
 A checkpoint is data even when trainkit wrote it: someone may hand you a doctored one. It is
 read with torch's weights_only unpickler (tensors and plain containers, no code), its shape is
 checked before any part of it is used, and its config may name code only where trainkit's own
-configs do (model._target_, optimizer._target_), and only trainkit's models and the optimizers
-its optimizer group ships (REGISTERED_TARGETS): never by prefix, never nested.
+configs do (model._target_, optimizer._target_, scheduler._target_), and only trainkit's
+models and the optimizers and schedules its groups ship (REGISTERED_TARGETS): never by prefix,
+never nested.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ REGISTERED_TARGETS = {
         "trainkit.models.CNN",
         "trainkit.models.ResNet",
         "trainkit.models.TorchvisionNet",
+    ),
+    "scheduler": (
+        "torch.optim.lr_scheduler.StepLR",
+        "torch.optim.lr_scheduler.MultiStepLR",
+        "torch.optim.lr_scheduler.ExponentialLR",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "trainkit.schedule.cosine",
+        "trainkit.schedule.warmup_cosine",
+        "trainkit.schedule.one_cycle",
     ),
     "optimizer": (
         "torch.optim.SGD",
@@ -117,7 +127,7 @@ def check_shape(saved: object, path: Path, trusted: Targets = frozenset()) -> No
 
 def refuse_code(config: dict, path: Path, trusted: Targets = frozenset()) -> None:
     """Refuse a checkpoint config that names code: a _target_ that is neither registered for
-    its place (REGISTERED_TARGETS: model._target_, optimizer._target_) nor one the user named
+    its place (REGISTERED_TARGETS) nor one the user named
     at the same place (`trusted`), or an interpolation (${...}: resolvers run when a value is
     read)."""
     for where, key, value in walk(config):
@@ -135,9 +145,9 @@ def refuse_code(config: dict, path: Path, trusted: Targets = frozenset()) -> Non
             shown = str(value)[:80]
             raise UserError(
                 f"checkpoint {path} is refused: its config names code to run ({full}={shown}), "
-                "and a checkpoint alone may name only trainkit's own models and optimizers; if "
-                f"it is your own class, name it yourself ({full}={shown}, or your config's "
-                "option with --config-dir)"
+                "and a checkpoint alone may name only trainkit's own models, optimizers and "
+                f"schedules; if it is your own class, name it yourself ({full}={shown}, or "
+                "your config's option with --config-dir)"
             )
 
 

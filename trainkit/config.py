@@ -164,13 +164,14 @@ class AdagradConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "none"
+    _target_: str | None = None  # None: a constant lr (scheduler=none)
+    _partial_: bool = True  # the call site adds the optimizer (and total, if it takes one)
     interval: str = "step"  # step the schedule after every optimizer `step` or every `epoch`
 
 
 @dataclass
 class StepSchedulerConfig(SchedulerConfig):
-    name: str = "step"
+    _target_: str = "torch.optim.lr_scheduler.StepLR"
     interval: str = "epoch"
     step_size: int = 1  # in units of `interval`
     gamma: float = 0.5
@@ -178,13 +179,14 @@ class StepSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class CosineSchedulerConfig(SchedulerConfig):
-    name: str = "cosine"
+    _target_: str = "trainkit.schedule.cosine"
     eta_min: float = 0.0  # the lr reached at the end of training
 
 
 @dataclass
 class MultiStepSchedulerConfig(SchedulerConfig):
-    name: str = "multistep"
+    _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
+    _convert_: str = "all"  # milestones reach torch as a list
     interval: str = "epoch"
     milestones: list[int] = field(default_factory=lambda: [3, 6])  # in units of `interval`
     gamma: float = 0.1
@@ -192,14 +194,14 @@ class MultiStepSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class ExponentialSchedulerConfig(SchedulerConfig):
-    name: str = "exponential"
+    _target_: str = "torch.optim.lr_scheduler.ExponentialLR"
     interval: str = "epoch"
     gamma: float = 0.8
 
 
 @dataclass
 class WarmupCosineSchedulerConfig(SchedulerConfig):
-    name: str = "warmup_cosine"
+    _target_: str = "trainkit.schedule.warmup_cosine"
     warmup_fraction: float = 0.05  # share of the run spent ramping up linearly
     warmup_start_factor: float = 0.01  # the ramp starts at this fraction of lr
     eta_min: float = 0.0
@@ -207,7 +209,7 @@ class WarmupCosineSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class OneCycleSchedulerConfig(SchedulerConfig):
-    name: str = "onecycle"
+    _target_: str = "trainkit.schedule.one_cycle"
     pct_start: float = 0.3
     div_factor: float = 25.0
     final_div_factor: float = 1.0e4
@@ -219,8 +221,9 @@ class OneCycleSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class PlateauSchedulerConfig(SchedulerConfig):
-    name: str = "plateau"
+    _target_: str = "torch.optim.lr_scheduler.ReduceLROnPlateau"
     interval: str = "epoch"
+    mode: str = "min"  # it watches the validation loss
     factor: float = 0.1
     patience: int = 2
     threshold: float = 1.0e-4
@@ -444,6 +447,7 @@ def shorten_aliases(overrides: str) -> str:
 
 def validate(cfg: DictConfig) -> list[str]:
     """Every range or consistency problem in a composed config, one line each."""
+    from trainkit.schedule import is_plateau  # torch: not for --help
     errors = non_finite(cfg)
     if errors:  # the checks below compare numbers, which NaN and inf would confuse
         return errors
@@ -510,13 +514,11 @@ def validate(cfg: DictConfig) -> list[str]:
             f"optimizer.betas={list(opt.betas)}: give two values in [0, 1), e.g. [0.9, 0.999]",
         )
     need(opt.get("weight_decay", 0) >= 0, "optimizer.weight_decay must be >= 0")
-    need(
-        cfg.scheduler.interval in ("step", "epoch"),
-        f"scheduler.interval={cfg.scheduler.interval}: choose step or epoch",
-    )
+    interval = cfg.scheduler.get("interval", "epoch")
+    need(interval in ("step", "epoch"), f"scheduler.interval={interval}: choose step or epoch")
     sch = cfg.scheduler
     need(
-        sch.name != "plateau" or sch.interval == "epoch",
+        not is_plateau(sch) or sch.get("interval", "epoch") == "epoch",
         "scheduler=plateau watches the validation loss, known once per epoch: "
         "set scheduler.interval=epoch",
     )

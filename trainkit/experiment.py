@@ -112,7 +112,8 @@ def dry_build(cfg: DictConfig) -> None:
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
             warnings.simplefilter("ignore")
             transfer.apply(model, cfg.model)
-        build_optimizer(cfg.optimizer, model)
+        optimizer = build_optimizer(cfg.optimizer, model)
+        build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
     # The forward pass runs on uninitialized CPU memory (no initializers run, no weights load),
     # not on meta tensors: meta batch norm goes through torch's Python decompositions, whose
     # import took 1.5-2 s of every start-up.
@@ -203,8 +204,9 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     autocast = runtime.autocast_dtype(cfg.trainer.precision, device)
     scaler = torch.amp.GradScaler(device.type) if autocast is torch.float16 else None
     forward = distributed.wrap(model, device) if distributed.enabled() else model
+    interval = cfg.scheduler.get("interval", "epoch")  # a user's schedule may leave it out
     training = Training(
-        model, build_loss(cfg.loss), optimizer, scheduler, cfg.scheduler.interval, normalize,
+        model, build_loss(cfg.loss), optimizer, scheduler, interval, normalize,
         augment if augment.active else None, cfg.regularization, cfg.trainer, autocast, scaler,
         torch.compile(forward) if cfg.trainer.compile else forward, tta,
     )  # fmt: skip

@@ -72,7 +72,7 @@ def lr_find(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the range test as the config says; write the curve; return the suggestion."""
     with open_dict(cfg):
         cfg.optimizer.lr = START_LR
-        cfg.scheduler = {"name": "none", "interval": "step"}
+        cfg.scheduler = {"interval": "step"}  # no _target_: a constant lr (the finder's own)
         cfg.regularization.early_stopping.enabled = False
     dataset, training = build(cfg)
     ratio = END_LR / START_LR
