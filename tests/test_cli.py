@@ -106,7 +106,7 @@ BAD_INPUTS = [
     ),
     (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: give two values in [0, 1)"),
     (["data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "data.mean has 3 values but"),
-    (["data.name=mnist"], "data.name=mnist: choose one of fashion_mnist, cifar10"),
+    (["data.name=mnist3"], "data.name=mnist3: choose one of fashion_mnist, cifar10, mnist, kmnist"),
     (["model.from_checkpoint=/nowhere/best.pt"], "checkpoint /nowhere/best.pt does not exist"),
     (["model=mlp", "model.freeze=[net.fc9]"], "model.freeze: net.fc9 names no parameter"),
     (["model=torchvision", "model.arch=vit_b_16"], "model.arch=vit_b_16: use a torchvision"),

@@ -43,7 +43,7 @@ ALIASES = {
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # fashion_mnist | cifar10
+    name: str = MISSING  # fashion_mnist | cifar10 | image_folder | MNIST, KMNIST, CIFAR100, ...
     root: str | None = None  # folder with the dataset files; None: the system copy, then download
     download: bool = True  # download into root (or ~/.cache/trainkit) when nothing is found
     val_size: float = 5000  # carved from train: a count (> 1) or a fraction (< 1)
@@ -51,8 +51,16 @@ class DataConfig:
     test_size: int | None = None  # evaluate on the first N test samples; None = all
     split_seed: int = 0  # fixes which samples go to validation, whatever trainer.seed is
     classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 in this order
-    mean: list[float] = MISSING  # per-channel normalization, on the 0..1 scale
-    std: list[float] = MISSING
+    mean: list[float] | None = None  # per-channel normalization, on the 0..1 scale;
+    std: list[float] | None = None  # null: the dataset's own (data.normalization)
+
+
+@dataclass
+class ImageFolderConfig(DataConfig):
+    name: str = "image_folder"
+    size: int = 32  # every image resized to size x size, once, when it is read
+    channels: int = 3  # 1: grey, 3: RGB
+    test_fraction: float = 0.2  # carved from the images when there are no train/ and test/
 
 
 @dataclass
@@ -370,7 +378,7 @@ class Config:
 
 # conf/<group>/<option>.yaml names its schema as `- /schema/<group>/<name>@_here_`.
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"data": DataConfig},
+    "data": {"data": DataConfig, "image_folder": ImageFolderConfig},
     "model": {
         "mlp": MLPConfig,
         "cnn": CNNConfig,
@@ -494,8 +502,9 @@ def validate(cfg: DictConfig) -> list[str]:
         "data.train_size must be a count (> 1), a fraction (<= 1), or null for all",
     )
     need(d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)")
-    need(len(d.mean) == len(d.std), "data.mean and data.std need one value per channel")
-    need(all(s > 0 for s in d.std), "data.std values must be > 0")
+    need((d.mean is None) == (d.std is None) and len(d.mean or []) == len(d.std or []),
+         "data.mean and data.std need one value per channel (or both null)")  # fmt: skip
+    need(all(s > 0 for s in d.std or []), "data.std values must be > 0")
 
     need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
     need(0 <= cfg.model.get("input_dropout", 0) < 1, "model.input_dropout must be in [0, 1)")

@@ -15,7 +15,7 @@ import pickle
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,8 @@ class Data:
     num_classes: int
     source: Path  # where the files were read from
     class_names: list[str]
+    mean: list[float] = field(default_factory=lambda: [0.5])  # what Normalizer takes
+    std: list[float] = field(default_factory=lambda: [0.25])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -72,12 +74,20 @@ def fashion_mnist_files(folder: Path) -> dict[str, Path] | None:
     return found if all(found.values()) else None
 
 
-def find_fashion_mnist(folder: Path) -> Path | None:
-    """`folder`, or torchvision's FashionMNIST/raw below it, if it holds the four idx files."""
-    for base in (folder, folder / "FashionMNIST" / "raw"):
-        if fashion_mnist_files(base) is not None:
-            return base
-    return None
+def idx_finder(torchvision_folder: str) -> Callable[[Path], Path | None]:
+    """A `find` for the four idx files (Fashion-MNIST, MNIST, KMNIST: the same names): in a
+    folder, or in torchvision's <Name>/raw below it."""
+
+    def find(folder: Path) -> Path | None:
+        for base in (folder, folder / torchvision_folder / "raw"):
+            if fashion_mnist_files(base) is not None:
+                return base
+        return None
+
+    return find
+
+
+find_fashion_mnist = idx_finder("FashionMNIST")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -153,11 +163,11 @@ def find_cifar10(folder: Path) -> Path | None:
     return None
 
 
-def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
         data = np.asarray(batch[b"data"])
-        labels = np.asarray(batch[b"labels"])
+        labels = np.asarray(batch[label_key])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ValueError(f"data is {data.dtype} {list(data.shape)}, not uint8 [N, 3072]")
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
@@ -165,7 +175,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         images = data.reshape(-1, 3, 32, 32)
     except Exception as e:  # any damage: truncated pickle, wrong keys, wrong sizes
         why = first_line(e)[:120]
-        raise UserError(f"{path} is not a valid CIFAR-10 batch ({why}): reinstall it") from None
+        raise UserError(f"{path} is not a valid CIFAR batch ({why}): reinstall it") from None
     return images, labels.astype(np.int64)
 
 
@@ -174,6 +184,23 @@ def load_cifar10(folder: Path) -> tuple[np.ndarray, ...]:
     test_x, test_y = read_cifar_batch(folder / "test_batch")
     train_x = np.concatenate([x for x, _ in parts])
     train_y = np.concatenate([y for _, y in parts])
+    return train_x, train_y, test_x, test_y
+
+
+CIFAR100_DIR = "cifar-100-python"
+
+
+def find_cifar100(folder: Path) -> Path | None:
+    for base in (folder / CIFAR100_DIR, folder):
+        if (base / "train").is_file() and (base / "test").is_file():
+            return base
+    return None
+
+
+def load_cifar100(folder: Path) -> tuple[np.ndarray, ...]:
+    """The python version's train and test files, with their 100 fine labels."""
+    train_x, train_y = read_cifar_batch(folder / "train", b"fine_labels")
+    test_x, test_y = read_cifar_batch(folder / "test", b"fine_labels")
     return train_x, train_y, test_x, test_y
 
 
@@ -188,7 +215,13 @@ class DatasetSpec:
     torchvision_class: str  # downloads where a network exists
     how_to_get: str  # said when the files are missing
     class_names: tuple[str, ...]
+    mean: tuple[float, ...] = (0.5,)  # per-channel pixel mean and std on the 0..1 scale,
+    std: tuple[float, ...] = (0.25,)  # used when data.mean / data.std are null
 
+
+DIGITS = tuple(str(d) for d in range(10))
+# Kuzushiji-MNIST's ten hiragana, in their romanized names (torchvision's KMNIST.classes).
+HIRAGANA = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
 
 DATASETS = {
     "fashion_mnist": DatasetSpec(
@@ -220,20 +253,58 @@ DATASETS = {
         "https://www.cs.toronto.edu/~kriz/cifar.html)",
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
-}
+    "mnist": DatasetSpec(
+        (1, 28, 28), idx_finder("MNIST"), load_fashion_mnist, "MNIST",
+        "set data.root=DIR holding MNIST's four idx files (or MNIST/raw/ below it)",
+        DIGITS, (0.1307,), (0.3081,),
+    ),
+    "kmnist": DatasetSpec(
+        (1, 28, 28), idx_finder("KMNIST"), load_fashion_mnist, "KMNIST",
+        "set data.root=DIR holding KMNIST's four idx files (or KMNIST/raw/ below it)",
+        HIRAGANA, (0.1918,), (0.3483,),
+    ),
+    "cifar100": DatasetSpec(
+        (3, 32, 32), find_cifar100, load_cifar100, "CIFAR100",
+        "set data.root=DIR holding cifar-100-python/ (the python version)",
+        tuple(f"class {i}" for i in range(100)), (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
+}  # fmt: skip
+# data=torchvision takes torchvision's class names: data.name=MNIST
+TORCHVISION_NAMES = {"FashionMNIST": "fashion_mnist", "CIFAR10": "cifar10", "MNIST": "mnist",
+                     "KMNIST": "kmnist", "CIFAR100": "cifar100"}  # fmt: skip
 
 
 def search_folders(cfg: DictConfig) -> list[Path]:
     if cfg.root is not None:
         return [Path(cfg.root).expanduser()]
-    system = [DEBIAN_FASHION_MNIST] if cfg.name == "fashion_mnist" else []
-    return [*system, CACHE_DIR / cfg.name]
+    name = TORCHVISION_NAMES.get(cfg.name, cfg.name)
+    system = [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else []
+    return [*system, CACHE_DIR / name]
 
 
 def spec(cfg: DictConfig) -> DatasetSpec:
-    if cfg.name not in DATASETS:
-        raise UserError(f"data.name={cfg.name}: choose one of {', '.join(DATASETS)}")
-    return DATASETS[cfg.name]
+    if cfg.name == "image_folder":
+        from trainkit import image_folder  # PIL: only for image folders
+
+        return image_folder.spec(cfg)
+    name = TORCHVISION_NAMES.get(cfg.name, cfg.name)
+    if name not in DATASETS:
+        names = ", ".join([*DATASETS, "image_folder"])
+        raise UserError(f"data.name={cfg.name}: choose one of {names} (or torchvision's names: "
+                        f"{', '.join(TORCHVISION_NAMES)})")  # fmt: skip
+    return DATASETS[name]
+
+
+def normalization(cfg: DictConfig) -> tuple[list[float], list[float]]:
+    """data.mean and data.std, or the dataset's own where they are null."""
+    known = spec(cfg)
+    mean = list(cfg.mean) if cfg.get("mean") is not None else list(known.mean)
+    std = list(cfg.std) if cfg.get("std") is not None else list(known.std)
+    channels = known.input_shape[0]
+    if len(mean) == 1 and channels > 1 and cfg.get("mean") is None:  # the generic default
+        mean, std = mean * channels, std * channels
+    return mean, std
 
 
 def locate(cfg: DictConfig) -> Path | None:
@@ -304,7 +375,9 @@ def read(cfg: DictConfig, keep: bool = False) -> tuple[Path, Arrays]:
         if not cfg.download:
             raise UserError(missing_message(cfg))
         found = download(cfg)
-    key = (cfg.name, str(found), file_stamps(found))  # files changed since: read them again
+    # Files changed since, or other image_folder settings: read them again.
+    settings = tuple(cfg.get(k) for k in ("name", "size", "channels", "test_fraction"))
+    key = (settings, cfg.split_seed, str(found), file_stamps(found))
     arrays = _checked.pop(key, None)
     if arrays is None:
         arrays = check_arrays(cfg, found, spec(cfg).read(found))
@@ -316,7 +389,7 @@ def read(cfg: DictConfig, keep: bool = False) -> tuple[Path, Arrays]:
 
 def file_stamps(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """Name, size and modification time of each file in `folder`."""
-    stats = ((p.name, p.stat()) for p in sorted(folder.iterdir()) if p.is_file())
+    stats = ((p.name, p.stat()) for p in sorted(folder.iterdir()))  # a folder: when it changed
     return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
@@ -404,6 +477,7 @@ def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> 
         return Split(chosen.to(device), labels.to(device))
 
     classes = list(cfg.classes or range(len(spec(cfg).class_names)))
+    mean, std = normalization(cfg)
     return Data(
         train=split(train_images, train_y, chosen.train_idx),
         val=split(train_images, train_y, chosen.val_idx),
@@ -411,6 +485,8 @@ def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> 
         num_classes=len(classes),
         source=found,
         class_names=[spec(cfg).class_names[c] for c in classes],
+        mean=mean,
+        std=std,
     )
 
 

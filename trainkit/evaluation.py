@@ -51,7 +51,7 @@ def evaluate_checkpoint(
     except RuntimeError as e:
         raise UserError(f"{path} does not fit its own config's model ({first_line(e)})") from None
     model = model.to(device)
-    normalize = data.Normalizer(run_cfg.data.mean, run_cfg.data.std, device)
+    normalize = data.Normalizer(dataset.mean, dataset.std, device)
     target = dataset.test if which == "test" else dataset.val
     batch = run_cfg.trainer.eval_batch_size
     # As the run scored them: the test set with its test-time views, val with the image alone

@@ -101,12 +101,13 @@ def dry_build(cfg: DictConfig) -> None:
     any problem with their settings surfaces here, before a run starts, at little cost in
     memory (the model's size, uninitialized, for a moment) or time."""
     spec = data.spec(cfg.data)
-    if len(cfg.data.mean) != spec.input_shape[0]:
+    mean, _ = data.normalization(cfg.data)
+    if len(mean) != spec.input_shape[0]:
         raise UserError(
-            f"data.mean has {len(cfg.data.mean)} values but {cfg.data.name} images have "
+            f"data.mean has {len(mean)} values but {cfg.data.name} images have "
             f"{spec.input_shape[0]} channel(s)"
         )
-    n_classes = len(cfg.data.classes) if cfg.data.classes else 10
+    n_classes = len(cfg.data.classes) if cfg.data.classes else len(spec.class_names)
     with torch.device("meta"):
         model = build_model(cfg.model, spec.input_shape, n_classes)
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
@@ -164,7 +165,7 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     device = runtime.setup(cfg.trainer)
     dataset = data.load(cfg.data, device, cfg.trainer.channels_last)
     channels_last = cfg.trainer.channels_last and len(dataset.input_shape) == 3
-    normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device, channels_last)
+    normalize = data.Normalizer(dataset.mean, dataset.std, device, channels_last)
 
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     initialize(model, cfg.init)

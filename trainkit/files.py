@@ -16,9 +16,12 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_atomic(
-    path: Path, write: Callable[[IO[Any]], object], *, binary: bool = False,
+    path: Path,
+    write: Callable[[IO[Any]], object],
+    *,
+    binary: bool = False,
     resume_hint: bool = False,
-) -> None:  # fmt: skip
+) -> None:
     """`write(f)` into a temp file in the same folder, fsync it, then rename it over `path`:
     a full disk or a crash mid-write leaves the previous file as it was."""
     try:
@@ -71,9 +74,12 @@ def write_error(path: Path, e: OSError, resume_hint: bool = False) -> UserError:
     if e.errno in FULL:
         kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was kept"
         then = "resume the run" if resume_hint and path.is_file() else "run it again"
-        return UserError(f"no space left on the device to write {path}: free some space and "
-                         f"{then} ({kept})")  # fmt: skip
+        return UserError(
+            f"no space left on the device to write {path}: free some space and {then} ({kept})"
+        )
     if e.errno == errno.ENAMETOOLONG:
-        return UserError(f"cannot write {str(path)[:120]}...: a file or folder name is too long "
-                         "for this file system; choose a shorter output folder")  # fmt: skip
+        return UserError(
+            f"cannot write {str(path)[:120]}...: a file or folder name is too long "
+            "for this file system; choose a shorter output folder"
+        )
     return UserError(f"cannot write {path}: {e.strerror or e}; check that folder")

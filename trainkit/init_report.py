@@ -83,7 +83,7 @@ def probe_batch(cfg: DictConfig) -> tuple[data.Data, torch.Tensor, torch.Tensor]
     """The dataset and its first BATCH training images (normalized) and labels, on the device."""
     device = runtime.setup(cfg.trainer)
     dataset = data.load(cfg.data, device)
-    normalize = data.Normalizer(cfg.data.mean, cfg.data.std, device)
+    normalize = data.Normalizer(dataset.mean, dataset.std, device)
     return dataset, normalize(dataset.train.images[:BATCH]), dataset.train.labels[:BATCH]
 
 

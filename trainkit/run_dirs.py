@@ -93,11 +93,16 @@ def claim(folder: Path, named: bool, overwrite: bool = False, key: str = "hydra.
                 return candidate
         raise UserError(f"{folder} and 99 folders beside it are in use: name one with {key}=")
     if in_use(folder):
-        raise UserError(f"{folder} is in use by another trainkit process: wait for it to end, "
-                        f"or choose another folder with {key}=<folder>")  # fmt: skip
+        raise UserError(
+            f"{folder} is in use by another trainkit process: wait for it to end, "
+            f"or choose another folder with {key}=<folder>"
+        )
     if holds_run(folder) and not overwrite:
-        again = (" (trainer.overwrite=true deletes that run and starts again there)"
-                 if key == "hydra.run.dir" else "")  # fmt: skip
+        again = (
+            " (trainer.overwrite=true deletes that run and starts again there)"
+            if key == "hydra.run.dir"
+            else ""
+        )
         raise UserError(
             f"{folder} already holds a run: go on with it with `trainkit resume={folder}`, or "
             f"choose a fresh folder with {key}=<folder>{again}"
