@@ -116,10 +116,12 @@ BAD_INPUTS = [
         ["experiment=fmnist_speedrun", "model=mlp"],
         "experiment=fmnist_speedrun sets model.channels, which model=mlp does not have: drop",
     ),
-    (["init.name=kaiming"], "init.name=kaiming: choose one of default, zeros"),
+    (["init._target_=torch.nn.init.kaiming"],
+     "init._target_=torch.nn.init.kaiming: Error loading 'torch.nn.init.kaiming': Are you sure"),
     (
         ["model=torchvision", "model.pretrained=true", "init=he_normal"],
-        "init=he_normal would overwrite the pretrained weights: keep init=default",
+        "init (torch.nn.init.kaiming_normal_) would overwrite the pretrained weights: keep "
+        "init=default",
     ),
     (["device=tpu"], "device=tpu: choose auto, cpu, cuda or cuda:N"),
     (["lr=0.1,0.01"], "lr=0.1,0.01 lists several values: add -m to sweep them"),

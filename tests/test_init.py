@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from trainkit.init import initialize
@@ -94,3 +95,29 @@ def test_default_leaves_pytorch_initialization_alone() -> None:
     before = layer.weight.clone(), layer.bias.clone()
     initialize(layer, compose_config(["init=default"]).init)
     assert torch.equal(layer.weight, before[0]) and torch.equal(layer.bias, before[1])
+
+
+@pytest.mark.parametrize("name", ["he_normal", "constant", "uniform", "default"])
+def test_a_config_saved_before_init_targets_initializes_alike(name: str) -> None:
+    """Checkpoints written before initializers had a _target_ name them: {name: he_normal}."""
+    new = compose_config([f"init={name}"]).init
+    old = {k: v for k, v in OmegaConf.to_container(new).items() if not k.startswith("_")}
+    layers = []
+    for cfg in (new, OmegaConf.create({"name": name, **old})):
+        torch.manual_seed(0)
+        layers.append(nn.Linear(30, 20))
+        initialize(layers[-1], cfg)
+    assert torch.equal(layers[0].weight, layers[1].weight)
+
+
+def test_a_scheme_of_your_own_is_one_yaml(tmp_path) -> None:
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "small_trunc.yaml").write_text(
+        "_target_: torch.nn.init.trunc_normal_\n_partial_: true\nstd: 0.02\na: -0.04\nb: 0.04\n"
+    )
+    cfg = compose_config([f"hydra.searchpath=[file://{tmp_path}]", "init=small_trunc"])
+    layer = nn.Linear(FAN_IN, FAN_OUT)
+    initialize(layer, cfg.init)
+    assert layer.weight.abs().max().item() <= 0.04
+    assert layer.weight.std().item() == pytest.approx(0.0176, rel=0.05)  # N(0, 0.02) cut at 2 std
+    assert torch.equal(layer.bias, torch.zeros(FAN_OUT))

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from trainkit.losses import build_loss
 
@@ -56,3 +57,11 @@ def test_hinge_sums_margin_violations_of_wrong_classes_over_the_class_count() ->
     assert loss_of("loss=hinge") == pytest.approx((0 / 3 + 5 / 3) / 2, rel=1e-6)
     # Squared hinge: row 1 -> 1 + 16 = 17.
     assert loss_of("loss=hinge", "loss.p=2") == pytest.approx((17 / 3) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse", "hinge"])
+def test_a_config_saved_before_loss_targets_builds_the_same_loss(name: str) -> None:
+    new = compose_config([f"loss={name}"]).loss
+    old = {k: v for k, v in OmegaConf.to_container(new).items() if not k.startswith("_")}
+    legacy = build_loss(OmegaConf.create({"name": name, **old}))
+    assert legacy(LOGITS, LABELS).item() == build_loss(new)(LOGITS, LABELS).item()

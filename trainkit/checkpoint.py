@@ -40,6 +40,20 @@ REGISTERED_TARGETS = {
         "trainkit.schedule.warmup_cosine",
         "trainkit.schedule.one_cycle",
     ),
+    "init": (
+        "torch.nn.init.zeros_",
+        "torch.nn.init.xavier_uniform_",
+        "torch.nn.init.xavier_normal_",
+        "torch.nn.init.kaiming_uniform_",
+        "torch.nn.init.kaiming_normal_",
+        "torch.nn.init.orthogonal_",
+        "trainkit.init.constant",
+        "trainkit.init.uniform",
+        "trainkit.init.normal",
+        "trainkit.init.uniform_fan_in",
+        "trainkit.init.lecun_normal",
+    ),
+    "loss": ("torch.nn.CrossEntropyLoss", "trainkit.losses.MSELoss", "torch.nn.MultiMarginLoss"),
     "optimizer": (
         "torch.optim.SGD",
         "torch.optim.Adam",
@@ -139,7 +153,7 @@ def refuse_code(config: dict, path: Path, trusted: Targets = frozenset()) -> Non
                 f"checkpoint {path} is refused: its config value {full} is an interpolation, "
                 "and trainkit writes resolved values only; use a checkpoint trainkit wrote"
             )
-        if key != "_target_" or value in REGISTERED_TARGETS.get(where, ()):
+        if key != "_target_" or value is None or value in REGISTERED_TARGETS.get(where, ()):
             continue
         if (where, value) not in trusted:
             shown = str(value)[:80]

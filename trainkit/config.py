@@ -241,7 +241,8 @@ class PlateauSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class InitConfig:
-    name: str = "default"
+    _target_: str | None = None  # fills one weight tensor in place; None: PyTorch's own
+    _partial_: bool = True  # the call site gives it each Linear/Conv weight
 
 
 @dataclass
@@ -267,24 +268,24 @@ class KaimingInitConfig(InitConfig):
 
 @dataclass
 class LossConfig:
-    name: str = MISSING
+    _target_: str = MISSING  # an nn.Module called as loss(logits, labels)
 
 
 @dataclass
 class CrossEntropyConfig(LossConfig):
-    name: str = "cross_entropy"
+    _target_: str = "torch.nn.CrossEntropyLoss"
     label_smoothing: float = 0.0
 
 
 @dataclass
 class MSEConfig(LossConfig):
-    name: str = "mse"
+    _target_: str = "trainkit.losses.MSELoss"
     outputs: str = "probabilities"  # what is compared to the one-hot target: probabilities | logits
 
 
 @dataclass
 class HingeConfig(LossConfig):
-    name: str = "hinge"
+    _target_: str = "torch.nn.MultiMarginLoss"  # multi-class (Weston-Watkins) hinge
     margin: float = 1.0
     p: int = 1  # 1: hinge, 2: squared hinge
 
@@ -510,9 +511,9 @@ def validate(cfg: DictConfig) -> list[str]:
     need(0 <= cfg.model.get("input_dropout", 0) < 1, "model.input_dropout must be in [0, 1)")
     need(cfg.model.get("blocks", 1) >= 1, "model.blocks must be >= 1")
     need(
-        not cfg.model.get("pretrained") or cfg.init.name == "default",
-        f"init={cfg.init.name} would overwrite the pretrained weights: keep init=default "
-        "with model.pretrained=true",
+        not cfg.model.get("pretrained") or not cfg.init.get("_target_"),
+        f"init ({cfg.init.get('_target_')}) would overwrite the pretrained weights: keep "
+        "init=default with model.pretrained=true",
     )
     need(cfg.model.get("kernel_size", 1) >= 1, "model.kernel_size must be >= 1, e.g. 3")
     opt = cfg.optimizer
@@ -596,10 +597,6 @@ def leaves(node: object, prefix: str = "") -> list[tuple[str, object]]:
 def validate_init(init: DictConfig) -> list[str]:
     from torch.nn.init import calculate_gain
 
-    from trainkit.init import SCHEMES
-
-    if init.name not in SCHEMES:
-        return [f"init.name={init.name}: choose one of {', '.join(SCHEMES)}"]
     errors = []
     if init.get("scale", 1) <= 0:
         errors.append("init.scale must be > 0 (init=zeros sets every weight to 0)")

@@ -33,6 +33,14 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def instantiation_reason(e: BaseException) -> str:
+    """What went wrong in Hydra's instantiate, in one line: its wrapper's first line, or the
+    first and the last where the first only names the target ("Error loading 'a.B':")."""
+    text = str(e.__cause__ or e).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
+    return lines[0] if not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+
+
 def report(prefix: str, e: BaseException) -> None:
     """`<prefix>: error: <message>` on stderr; with TRAINKIT_DEBUG=1, the traceback first."""
     if os.environ.get("TRAINKIT_DEBUG", "") not in ("", "0"):

@@ -24,9 +24,9 @@ from trainkit.augment import Augment, TestTimeViews
 from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
 from trainkit.config import TRANSFER_KEYS
 from trainkit.diagnostics import Diagnostics
-from trainkit.errors import Interrupted, UserError, first_line
+from trainkit.errors import Interrupted, UserError, first_line, instantiation_reason
 from trainkit.files import write_text_atomic
-from trainkit.init import initialize
+from trainkit.init import build_fill, initialize
 from trainkit.loop import (
     Diverged,
     FitState,
@@ -49,21 +49,13 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
-        raise UserError(f"model cannot be built: {last_line(e)}") from None
+        raise UserError(f"model cannot be built: {instantiation_reason(e)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(
             f"model._target_={cfg._target_} gave a {type(model).__name__}, not a torch "
             "nn.Module: name a module class whose constructor takes input_shape and num_classes"
         )
     return model
-
-
-def last_line(e: InstantiationException) -> str:
-    """What went wrong, from Hydra's wrapper: its first line, or its last when the first only
-    names the target ("Error loading 'mynet.Nett':")."""
-    text = str(e.__cause__ or e).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
-    return lines[0] if not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -87,7 +79,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
         groups = param_groups(model, cfg.get("weight_decay", 0.0))
         optimizer = instantiate(cfg)(params=groups, **fused)
     except (InstantiationException, ValueError, TypeError) as e:
-        raise UserError(f"optimizer: {first_line(e.__cause__ or e)}") from None
+        raise UserError(f"optimizer: {instantiation_reason(e)}") from None
     if not isinstance(optimizer, Optimizer):
         raise UserError(
             f"optimizer._target_={cfg._target_} gave a {type(optimizer).__name__}, not a "
@@ -115,6 +107,7 @@ def dry_build(cfg: DictConfig) -> None:
             transfer.apply(model, cfg.model)
         optimizer = build_optimizer(cfg.optimizer, model)
         build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
+    build_fill(cfg.init)  # the initializer resolves (it runs on real weights only)
     # The forward pass runs on uninitialized CPU memory (no initializers run, no weights load),
     # not on meta tensors: meta batch norm goes through torch's Python decompositions, whose
     # import took 1.5-2 s of every start-up.

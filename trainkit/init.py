@@ -1,6 +1,15 @@
 """Weight initializers: `init=<scheme>` re-initializes every Linear and Conv weight of a model.
 
-The rule for the other parameters, for every scheme but `default`:
+Each scheme is built like every other component: its `_target_` names a function that fills
+a weight tensor in place (torch.nn.init's own, or trainkit's below where torch has none), with
+`_partial_: true`: the call site gives it each weight. A scheme of yours is one YAML:
+
+    # conf/init/my_scheme.yaml
+    _target_: torch.nn.init.trunc_normal_
+    _partial_: true
+    std: 0.02
+
+The rule for the other parameters, for every scheme but `default` (no `_target_`):
 - biases of Linear and Conv layers are set to 0 (a bias needs no symmetry breaking);
 - batch-norm scale and shift stay at PyTorch's 1 and 0, so each normalized unit starts as the
   identity.
@@ -15,57 +24,96 @@ import math
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line, instantiation_reason
 
 
 def fan_in(weight: torch.Tensor) -> int:
     return weight[0].numel()
 
 
-def _uniform_fan_in(w: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+def uniform(w: torch.Tensor, scale: float) -> torch.Tensor:
+    """U[-scale, scale], the same range for every layer."""
+    return nn.init.uniform_(w, -scale, scale)
+
+
+def normal(w: torch.Tensor, scale: float) -> torch.Tensor:
+    """N(0, scale^2), the same for every layer."""
+    return nn.init.normal_(w, 0.0, scale)
+
+
+def constant(w: torch.Tensor, value: float) -> torch.Tensor:
+    return nn.init.constant_(w, value)
+
+
+def uniform_fan_in(w: torch.Tensor) -> torch.Tensor:
+    """U[-1/sqrt(fan_in), 1/sqrt(fan_in)]."""
     bound = 1.0 / math.sqrt(fan_in(w))
     return nn.init.uniform_(w, -bound, bound)
 
 
-def _lecun_normal(w: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+def lecun_normal(w: torch.Tensor) -> torch.Tensor:
+    """N(0, 1/fan_in)."""
     return nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in(w)))
 
 
-SCHEMES: dict[str, Callable[[torch.Tensor, DictConfig], torch.Tensor] | None] = {
-    "default": None,
-    "zeros": lambda w, cfg: nn.init.zeros_(w),
-    "constant": lambda w, cfg: nn.init.constant_(w, cfg.value),
-    "uniform": lambda w, cfg: nn.init.uniform_(w, -cfg.scale, cfg.scale),
-    "normal": lambda w, cfg: nn.init.normal_(w, 0.0, cfg.scale),
-    "xavier_uniform": lambda w, cfg: nn.init.xavier_uniform_(w, gain=cfg.gain),
-    "xavier_normal": lambda w, cfg: nn.init.xavier_normal_(w, gain=cfg.gain),
-    "he_uniform": lambda w, cfg: nn.init.kaiming_uniform_(
-        w, mode=cfg.mode, nonlinearity=cfg.nonlinearity
-    ),
-    "he_normal": lambda w, cfg: nn.init.kaiming_normal_(
-        w, mode=cfg.mode, nonlinearity=cfg.nonlinearity
-    ),
-    "uniform_fan_in": _uniform_fan_in,
-    "lecun_normal": _lecun_normal,
-    "orthogonal": lambda w, cfg: nn.init.orthogonal_(w, gain=cfg.gain),
+# Configs saved before initializers were built by _target_ name them: what each name was.
+LEGACY = {
+    "zeros": "torch.nn.init.zeros_",
+    "constant": "trainkit.init.constant",
+    "uniform": "trainkit.init.uniform",
+    "normal": "trainkit.init.normal",
+    "xavier_uniform": "torch.nn.init.xavier_uniform_",
+    "xavier_normal": "torch.nn.init.xavier_normal_",
+    "he_uniform": "torch.nn.init.kaiming_uniform_",
+    "he_normal": "torch.nn.init.kaiming_normal_",
+    "uniform_fan_in": "trainkit.init.uniform_fan_in",
+    "lecun_normal": "trainkit.init.lecun_normal",
+    "orthogonal": "torch.nn.init.orthogonal_",
 }
 
 LAYERS_WITH_WEIGHTS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def legacy(cfg: DictConfig) -> DictConfig:
+    """An init config from before `_target_` (a checkpoint's): {name: he_normal, ...}."""
+    if "_target_" in cfg or "name" not in cfg:
+        return cfg
+    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
+    if cfg.name != "default":
+        plain |= {"_target_": LEGACY[cfg.name], "_partial_": True}
+    return OmegaConf.create(plain)
+
+
+def build_fill(cfg: DictConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The function that fills one weight tensor; None for PyTorch's own (init=default)."""
+    cfg = legacy(cfg)
+    if not cfg.get("_target_"):
+        return None
+    try:
+        fill = instantiate(cfg, _partial_=True)
+    except InstantiationException as e:
+        raise UserError(f"init._target_={cfg._target_}: {instantiation_reason(e)}") from None
+    if not callable(fill):
+        raise UserError(f"init._target_={cfg._target_} is not a function that fills a tensor")
+    return fill
+
+
 @torch.no_grad()
 def initialize(model: nn.Module, cfg: DictConfig) -> None:
-    """Apply the scheme `cfg.name` to every Linear/Conv weight of `model`; zero their biases."""
-    if cfg.name not in SCHEMES:
-        raise UserError(f"init.name={cfg.name}: choose one of {', '.join(SCHEMES)}")
-    scheme = SCHEMES[cfg.name]
-    if scheme is None:
+    """Fill every Linear/Conv weight of `model` as `cfg` says; zero their biases."""
+    fill = build_fill(cfg)
+    if fill is None:
         return
     for module in model.modules():
         if isinstance(module, LAYERS_WITH_WEIGHTS):
-            scheme(module.weight, cfg)
+            try:
+                fill(module.weight)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise UserError(f"init._target_={legacy(cfg)._target_}: {first_line(e)}") from None
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainkit.errors import UserError
+from trainkit.errors import UserError, instantiation_reason
 
 
 class MSELoss(nn.Module):
@@ -26,13 +28,30 @@ class MSELoss(nn.Module):
         return F.mse_loss(outputs, target)
 
 
+# Configs saved before losses were built by _target_ name them: what each name was.
+LEGACY = {
+    "cross_entropy": "torch.nn.CrossEntropyLoss",
+    "mse": "trainkit.losses.MSELoss",
+    "hinge": "torch.nn.MultiMarginLoss",  # Weston-Watkins: sum over wrong classes / classes
+}
+
+
 def build_loss(cfg: DictConfig) -> nn.Module:
-    if cfg.name == "cross_entropy":
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if cfg.name == "mse":
-        return MSELoss(cfg.outputs)
-    if cfg.name == "hinge":
-        # Multi-class (Weston-Watkins) hinge: sum over wrong classes j of
-        # max(0, margin - x_y + x_j)^p, divided by the number of classes.
-        return nn.MultiMarginLoss(p=cfg.p, margin=cfg.margin)
-    raise UserError(f"loss.name={cfg.name}: choose cross_entropy, mse or hinge")
+    """The loss its `_target_` names (conf/loss/*.yaml, or a YAML of yours), called as
+    loss(logits [N, C], labels [N]) -> the batch mean."""
+    if "_target_" not in cfg and "name" in cfg:  # a checkpoint's config from before
+        cfg = OmegaConf.create({"_target_": LEGACY.get(cfg.name, cfg.name),
+                                **{k: v for k, v in cfg.items() if k != "name"}})  # fmt: skip
+    try:
+        loss = instantiate(cfg)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        reason = instantiation_reason(e)
+        raise UserError(f"loss._target_={cfg.get('_target_')}: {reason}") from None
+    if not isinstance(loss, nn.Module):
+        raise UserError(
+            f"loss._target_={cfg._target_} gave a {type(loss).__name__}, not a torch nn.Module "
+            "loss: name a module class called as loss(logits, labels)"
+        )
+    return loss

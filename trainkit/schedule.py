@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
-from trainkit.errors import UserError, first_line
+from trainkit.errors import UserError, instantiation_reason
 
 Schedule = sched.LRScheduler | sched.ReduceLROnPlateau
 NOT_ARGUMENTS = ("interval", "name")  # trainkit's, not the schedule's
@@ -62,7 +62,7 @@ def build_scheduler(
     except UserError:
         raise
     except (InstantiationException, TypeError, ValueError) as e:
-        raise UserError(f"scheduler._target_={target}: {first_line(e.__cause__ or e)}") from None
+        raise UserError(f"scheduler._target_={target}: {instantiation_reason(e)}") from None
     if not isinstance(schedule, Schedule):
         raise UserError(
             f"scheduler._target_={target} gave a {type(schedule).__name__}, not a torch "
