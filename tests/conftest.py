@@ -72,6 +72,29 @@ def fmnist_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+
+
+def write_pngs(folder: Path, per_class: int, seed: int = 0) -> None:
+    """One folder per class of 40x40 PNGs, each class a colour under noise: learnable."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, color in enumerate(COLORS):
+        (folder / f"class_{'abc'[c]}").mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.integers(0, 60, (40, 40, 3))
+            pixels = np.clip(np.array(color) * 0.7 + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"class_{'abc'[c]}" / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def image_folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pictures")
+    write_pngs(root, per_class=20)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cifar")

@@ -141,7 +141,7 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))
     with pytest.raises(
         UserError,
-        match=r"data_batch_3 is not a valid CIFAR-10 batch "
+        match=r"data_batch_3 is not a valid CIFAR batch "
         r"\(refusing to load builtins.print\)",
     ):
         data.load(data_cfg(tmp_path, name="cifar10", val_size=5), torch.device("cpu"))

@@ -13,25 +13,12 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from trainkit import data
 from trainkit.errors import UserError
 
+from .conftest import write_pngs
 from .test_cli import trainkit
-
-COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
-
-
-def write_pngs(folder: Path, per_class: int, seed: int = 0) -> None:
-    """One folder per class of 40x40 PNGs, each class a colour under noise: learnable."""
-    rng = np.random.default_rng(seed)
-    for c, color in enumerate(COLORS):
-        (folder / f"class_{'abc'[c]}").mkdir(parents=True)
-        for i in range(per_class):
-            noise = rng.integers(0, 60, (40, 40, 3))
-            pixels = np.clip(np.array(color) * 0.7 + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"class_{'abc'[c]}" / f"{i}.png")
 
 
 def folder_cfg(root: Path, **kw: object) -> object:
@@ -124,3 +111,24 @@ def test_cifar100_reads_its_python_files_with_fine_labels(tmp_path: Path) -> Non
     assert d.num_classes == 100 and len(d.train) == 100 and len(d.test) == 40
     assert d.train.images.shape[1:] == (3, 32, 32)
     assert d.mean == pytest.approx([0.5071, 0.4865, 0.4409])
+
+
+def test_svhn_reads_its_mat_files_and_makes_label_10_the_digit_0(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train_32x32.mat", 60), ("test_32x32.mat", 20)):
+        labels = np.arange(n) % 10 + 1  # 1..10, as SVHN stores them
+        images = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        savemat(tmp_path / name, {"X": images, "y": labels[:, None]})
+    cfg = OmegaConf.create({
+        "name": "SVHN", "root": str(tmp_path), "download": False, "val_size": 10,
+        "train_size": None, "test_size": None, "split_seed": 0, "classes": None, "mean": None,
+        "std": None,
+    })  # fmt: skip
+    d = data.load(cfg, torch.device("cpu"))
+    assert d.test.images.shape == (20, 3, 32, 32) and d.num_classes == 10
+    assert d.test.labels.tolist() == [(i % 10 + 1) % 10 for i in range(20)]
+    (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, damaged")
+    with pytest.raises(UserError, match=r"test_32x32.mat is not an SVHN file"):
+        data.load(cfg, torch.device("cpu"))

@@ -29,20 +29,24 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_option_trains_two_steps(
-    group: str, option: str, fmnist_slice: Path, cifar_root: Path, tmp_path: Path
-) -> None:
+    group: str, option: str, fmnist_slice: Path, cifar_root: Path, image_folder_root: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
     """Options are discovered from conf/, so a new YAML is trained here without a new test."""
     if group == "model":
         overrides = small_overrides(fmnist_slice, option)
     elif group == "experiment":  # presets pick and size their CNN: a small one here
         overrides = [*small_overrides(fmnist_slice, "cnn"), f"{group}={option}"]
     elif group == "data":
-        root = cifar_root if option == "cifar10" else fmnist_slice
+        # data=torchvision is MNIST by default, in files named as Fashion-MNIST's
+        root = {"cifar10": cifar_root, "image_folder": image_folder_root}.get(option, fmnist_slice)
         overrides = [*small_overrides(fmnist_slice), f"data={option}", f"data.root={root}"]
+        if option == "image_folder":  # 60 pictures: small batches, for two steps
+            overrides.append("batch_size=8")
     else:
         overrides = [*small_overrides(fmnist_slice), f"{group}={option}"]
     overrides += ["epochs=1", "trainer.max_steps_per_epoch=2", "data.val_size=20"]
-    if option != "cifar10":  # the generated CIFAR-10 files hold 30 test images
+    if option not in ("cifar10", "image_folder"):  # their generated files hold fewer
         overrides.append("data.test_size=100")  # the test set is not what is tested here
     summary = train(overrides, tmp_path)
     (row,) = read_metrics(tmp_path)

@@ -204,6 +204,34 @@ def load_cifar100(folder: Path) -> tuple[np.ndarray, ...]:
     return train_x, train_y, test_x, test_y
 
 
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+
+
+def find_svhn(folder: Path) -> Path | None:
+    return folder if all((folder / name).is_file() for name in SVHN_FILES) else None
+
+
+def load_svhn(folder: Path) -> tuple[np.ndarray, ...]:
+    """SVHN's cropped digits (.mat files, read with scipy): label 10 is the digit 0."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise UserError("data.name=SVHN reads MATLAB files with scipy: pip install scipy (or "
+                        "torch-trainkit[svhn])") from None  # fmt: skip
+    arrays = []
+    for name in SVHN_FILES:
+        try:
+            mat = loadmat(folder / name)
+            images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+            if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
+                raise ValueError(f"X is {images.dtype} {list(images.shape)}, not [32, 32, 3, N]")
+        except Exception as e:  # a damaged or foreign file
+            raise UserError(f"{folder / name} is not an SVHN file ({first_line(e)[:100]}): "
+                            "reinstall it") from None  # fmt: skip
+        arrays += [images.transpose(3, 2, 0, 1).copy(), labels.astype(np.int64) % 10]
+    return tuple(arrays)
+
+
 # ---------------------------------------------------------------- finding and downloading
 
 
@@ -269,10 +297,15 @@ DATASETS = {
         tuple(f"class {i}" for i in range(100)), (0.5071, 0.4865, 0.4409),
         (0.2673, 0.2564, 0.2762),
     ),
+    "svhn": DatasetSpec(
+        (3, 32, 32), find_svhn, load_svhn, "SVHN",
+        "set data.root=DIR holding train_32x32.mat and test_32x32.mat",
+        DIGITS, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+    ),
 }  # fmt: skip
 # data=torchvision takes torchvision's class names: data.name=MNIST
 TORCHVISION_NAMES = {"FashionMNIST": "fashion_mnist", "CIFAR10": "cifar10", "MNIST": "mnist",
-                     "KMNIST": "kmnist", "CIFAR100": "cifar100"}  # fmt: skip
+                     "KMNIST": "kmnist", "CIFAR100": "cifar100", "SVHN": "svhn"}  # fmt: skip
 
 
 def search_folders(cfg: DictConfig) -> list[Path]:
@@ -332,10 +365,15 @@ def download(cfg: DictConfig) -> Path:
     import torchvision.datasets
 
     folder = search_folders(cfg)[-1]
+    if not spec(cfg).torchvision_class:  # an image folder: nothing to download
+        raise UserError(missing_message(cfg))
     dataset_class = getattr(torchvision.datasets, spec(cfg).torchvision_class)
+    # torchvision checks each file's MD5 against the one it knows before anything reads it.
+    splits = [{"split": "train"}, {"split": "test"}] if spec(cfg).torchvision_class == "SVHN" \
+        else [{"train": True}, {"train": False}]  # fmt: skip
     try:
-        for train in (True, False):
-            dataset_class(root=str(folder), train=train, download=True)
+        for split in splits:
+            dataset_class(root=str(folder), download=True, **split)
     except Exception as e:  # no network, a proxy, a full disk...
         reason = " ".join(str(e).split())  # torchvision's message spans lines
         raise UserError(f"{missing_message(cfg)} (download failed: {reason})") from None
