@@ -174,7 +174,9 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
 
 
 def _num(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.4f}"
+    if math.isnan(value):
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3g}"  # a diverged job's 8.1e+17
 
 
 def _mean_std(row: dict, name: str) -> str:
