@@ -143,6 +143,53 @@ def test_a_doctored_checkpoint_runs_no_code_in_evaluate_resume_or_transfer(
             assert not marker.exists(), (where, args)
 
 
+@pytest.mark.parametrize("group", ["loss", "scheduler", "init"])
+def test_a_group_named_the_old_way_is_never_taken_as_code(
+    group: str, finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Configs saved before _target_ named these groups {name: hinge}; a name outside the
+    ones trainkit had is refused (it was taken as a _target_: torch.load ran the payload)."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "marker"
+    node = payloads(marker, tmp_path / "other.pt")["torch_load"]
+    run_dir = resumable_copy(finished, tmp_path / "run")
+    clean = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    doctored = plant(clean, group, {"name": "torch.load", **{k: v for k, v in node.items()
+                                                            if k != "_target_"}})  # fmt: skip
+    torch.save(doctored, run_dir / "checkpoints" / "last.pt")
+    commands = [[f"resume={run_dir}"]]  # evaluate builds the loss, not the others
+    if group == "loss":
+        commands.append(["evaluate", f"ckpt={run_dir / 'checkpoints' / 'last.pt'}"])
+    for args in commands:
+        code, lines = run_main(args, monkeypatch, capsys)
+        assert code == 2 and len(lines) == 1, (args, lines)
+        assert f"{group}.name=torch.load: not a" in lines[0] and "trainkit had" in lines[0]
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [({"data": "x"}, "its config has no data group"),
+     ("tensor", "its config value model.hidden is a Tensor"),
+     ("unhashable", "its config's model._target_ is not a name")],
+)  # fmt: skip
+def test_a_checkpoint_config_of_the_wrong_shape_gets_one_line(
+    config: object, why: str, finished: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    saved = checkpoint.load(finished / "checkpoints" / "last.pt")
+    if config == "tensor":
+        saved = plant(saved, "model.hidden", torch.zeros(2))
+    elif config == "unhashable":
+        saved = plant(saved, "model._target_", {"x": 1})
+    else:
+        saved["config"] = config
+    torch.save(saved, tmp_path / "x.pt")
+    code, lines = run_main(["evaluate", f"ckpt={tmp_path / 'x.pt'}"], monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1 and why in lines[0], lines
+
+
 def test_a_checkpoint_config_with_an_interpolation_is_refused(
     finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -155,14 +202,17 @@ def test_a_checkpoint_config_with_an_interpolation_is_refused(
 
 
 def test_a_checkpoint_trainkit_wrote_still_evaluates_and_resumes(
-    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    finished: Path, fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
     run_dir = resumable_copy(finished, tmp_path / "run")
     path = run_dir / "checkpoints" / "best.pt"
     assert run_main(["evaluate", f"ckpt={path}"], monkeypatch, capsys) == (0, [])
-    assert run_main([f"resume={run_dir}"], monkeypatch, capsys) == (0, [])
+    # The command that started it, with resume= added: every value equals the saved one
+    # (data.root, which may change, within the data group too).
+    again = [*small_overrides(fmnist_slice), "data=fashion_mnist", "epochs=2"]
+    assert run_main([f"resume={run_dir}", *again], monkeypatch, capsys) == (0, [])
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
 
 
@@ -243,6 +293,19 @@ def test_printing_the_config_claims_no_folder(
     monkeypatch.chdir(tmp_path)
     assert run_main(["--cfg", "job"], monkeypatch, capsys) == (0, [])
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_folder_name_hydra_reads_otherwise_is_pinned_exactly(tmp_path: Path) -> None:
+    """A backslash or a non-ASCII letter: the folder Hydra writes into is the one locked."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for name in ("bs\\x", "résultats", "a b,c", "it's", "end\\"):
+        folder = tmp_path / name
+        quoted = run_dirs.hydra_value(folder)
+        parsed = OverridesParser.create().parse_overrides([f"hydra.run.dir={quoted}"])[0]
+        assert parsed.value() == str(folder), name
+    with pytest.raises(run_dirs.UserError, match="Hydra cannot take this folder name"):
+        run_dirs.hydra_value(tmp_path / "${oc.env:HOME}")
 
 
 def test_a_sweep_over_a_key_left_out_of_folder_names_keeps_every_job(
@@ -432,6 +495,25 @@ def test_compare_reports_a_sweep_with_a_damaged_summary_and_names_it(
     ]
     with (tmp_path / "sweep" / "summary.csv").open(newline="") as f:  # the report, rewritten
         assert sorted(row["status"] for row in csv.DictReader(f)) == ["completed", "failed"]
+
+
+def test_a_sweep_folder_is_read_as_data_not_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`${oc.env:...}` in a job's overrides.yaml stays text (it used to be resolved, written
+    into summary.csv, then crash the lr plot)."""
+    monkeypatch.setenv("TRAINKIT_SECRET", "hunter2")
+    for num, lr in enumerate(["0.1", "${oc.env:TRAINKIT_SECRET}"]):
+        job = tmp_path / "sweep" / f"job{num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- lr={lr}\n")
+        (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+        (job / "summary.json").write_text('{"status": "completed", "final": {"val_loss": 1}}')
+        (job / "metrics.csv").write_text("epoch,train_loss,val_loss,val_acc\n1,1,1,0.5\n")
+    code, lines = run_main(["compare", str(tmp_path / "sweep")], monkeypatch, capsys)
+    assert code == 0 and lines == []
+    text = (tmp_path / "sweep" / "summary.csv").read_text()
+    assert "${oc.env:TRAINKIT_SECRET}" in text and "hunter2" not in text
 
 
 # ------------------------------------------------------------------------------ full disk

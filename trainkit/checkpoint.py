@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
@@ -153,7 +154,13 @@ def refuse_code(config: dict, path: Path, trusted: Targets = frozenset()) -> Non
                 f"checkpoint {path} is refused: its config value {full} is an interpolation, "
                 "and trainkit writes resolved values only; use a checkpoint trainkit wrote"
             )
-        if key != "_target_" or value is None or value in REGISTERED_TARGETS.get(where, ()):
+        if not isinstance(value, PLAIN):
+            raise damaged(path, f"its config value {full[:60]} is a {type(value).__name__}")
+        if key != "_target_" or value is None:
+            continue
+        if not isinstance(value, str):
+            raise damaged(path, f"its config's {full[:60]} is not a name")
+        if value in REGISTERED_TARGETS.get(where, ()):
             continue
         if (where, value) not in trusted:
             shown = str(value)[:80]
@@ -163,6 +170,24 @@ def refuse_code(config: dict, path: Path, trusted: Targets = frozenset()) -> Non
                 f"schedules; if it is your own class, name it yourself ({full}={shown}, or "
                 "your config's option with --config-dir)"
             )
+
+
+PLAIN = (dict, list, tuple, str, int, float, bool, type(None))  # what a resolved config holds
+
+
+def config_of(saved: dict, path: Path) -> DictConfig:
+    """The checkpoint's config as OmegaConf, with every group a run is rebuilt from."""
+    config = saved.get("config")
+    missing = [g for g in CONFIG_GROUPS if not isinstance((config or {}).get(g), dict)]
+    if missing:
+        raise damaged(path, f"its config has no {missing[0]} group")
+    try:
+        return OmegaConf.create(config)
+    except Exception as e:  # OmegaConf's own checks: keys, types
+        raise damaged(path, f"its config: {first_line(e)[:80]}") from None
+
+
+CONFIG_GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "trainer")
 
 
 def targets_in(config: dict) -> Targets:

@@ -189,7 +189,7 @@ def config_dirs_to_search_path(args: list[str]) -> list[str]:
         i += 1
     if not dirs:
         return args
-    paths = [f"file://{Path(d).expanduser().resolve()}" for d in dirs]
+    paths = [run_dirs.hydra_value(f"file://{Path(d).expanduser().resolve()}") for d in dirs]
     given = [a for a in rest if a.startswith("hydra.searchpath=")]
     if given:  # one list: Hydra takes the last value of a key
         rest.remove(given[-1])
@@ -222,7 +222,8 @@ def join_torchrun(multirun: bool) -> list[str]:
 
         scratch = tempfile.mkdtemp(prefix=f"trainkit-rank{os.environ['RANK']}-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+        sys.argv += [f"hydra.run.dir={run_dirs.hydra_value(Path(scratch))}",
+                     "hydra.output_subdir=null"]  # fmt: skip
         console.console.quiet = True
     return []
 
@@ -245,7 +246,7 @@ def hydra_app(cfg: DictConfig) -> float:
             raise UserError("; ".join(errors))
         if in_sweep and cfg.trainer.threads is None:
             cfg.trainer.threads = runtime.threads_per_job(hydra_cfg.launcher)
-        summary = run_writing(cfg, run_dir)
+        summary = run_job(cfg, run_dir, in_sweep)
     except Interrupted as e:  # last.pt and summary.json say where it stopped
         log.info("%s", e)
         if in_sweep:  # the rest of the sweep stops too (main.stop_sweep)
@@ -266,6 +267,19 @@ def hydra_app(cfg: DictConfig) -> float:
         reason = f"{type(e).__name__}: {first_line(e)} (traceback in {run_dir}/trainkit.log)"
         return record_failure(run_dir, reason, job_label(hydra_cfg), cfg.trainer.monitor)
     return summary["best"][cfg.trainer.monitor]
+
+
+def run_job(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
+    """A single run's folder is locked already (claim_outputs); a sweep job locks its own
+    while it runs, so that no `resume=` of it can start meanwhile."""
+    if not in_sweep:
+        return run_writing(cfg, run_dir)
+    if not run_dirs.lock(run_dir):
+        raise UserError(f"{run_dir} is in use by another trainkit process")
+    try:
+        return run_writing(cfg, run_dir)
+    finally:
+        run_dirs.release_one(run_dir)
 
 
 def run_writing(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
@@ -328,6 +342,8 @@ def resume(args: list[str]) -> int:
         if len(targets) != 1 or any(a.startswith("-") for a in others):
             raise UserError("resume one run at a time: trainkit resume=outputs/<date>/<time>")
         cfg, run_dir, saved = resuming.load(targets[0], others)
+        if is_rank_zero() and not run_dirs.lock(run_dir):  # before a line goes into its log
+            raise UserError(f"{run_dir} is in use by another trainkit process: wait for it to end")
         if is_rank_zero():  # under torchrun, the others stay quiet
             resuming.log_to_run_dir(run_dir)
             log.info("resumed from %s at epoch %d, step %d; later lines continue from there",
@@ -336,8 +352,6 @@ def resume(args: list[str]) -> int:
             from trainkit import console
 
             console.console.quiet = True
-        if is_rank_zero() and not run_dirs.lock(run_dir):
-            raise UserError(f"{run_dir} is in use by another trainkit process: wait for it to end")
         run_writing(cfg, run_dir, resume=saved)
     except UserError as e:
         report("trainkit", e)
@@ -492,18 +506,29 @@ def claim_outputs(overrides: list[str], multirun: bool) -> list[str]:
 
 
 def job_folders_distinct(overrides: list[str], cfg: DictConfig) -> bool:
-    """Each job of the sweep gets a folder of its own under names from its overrides."""
+    """Each job of the sweep gets a folder of its own under names from its overrides: no
+    swept key is left out of the names (data.root is), no value is listed twice, and the
+    longest name fits a file system's 255 bytes."""
     app = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-    names = set()
-    jobs = expand_sweeps(app)
-    for job in jobs:
-        kept = sorted(o for o in job if o.lstrip("+~").partition("=")[0] not in excluded)
-        name = shorten_aliases(",".join(kept))
-        if len(name.encode()) > 255:  # the longest file name most file systems take
-            return False
-        names.add(name)
-    return len(names) == len(jobs)
+    parser = OverridesParser.create()
+    longest = []
+    for override, text in zip(parser.parse_overrides(app), app, strict=True):
+        key = override.get_key_element()
+        if key in excluded:
+            if override.is_sweep_override():
+                return False
+            continue
+        values = [text.partition("=")[2]]
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # an interval (Optuna): each trial draws its own value
+                continue
+            if len(set(values)) < len(values):
+                return False
+        longest.append(f"{key}={max(values, key=len)}")
+    return len(shorten_aliases(",".join(longest)).encode()) <= 255
 
 
 def check_launcher(cfg: DictConfig) -> list[str]:

@@ -225,6 +225,8 @@ def load_svhn(folder: Path) -> tuple[np.ndarray, ...]:
             images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
             if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
                 raise ValueError(f"X is {images.dtype} {list(images.shape)}, not [32, 32, 3, N]")
+            if labels.size and (labels.min() < 1 or labels.max() > 10):
+                raise ValueError(f"a label {labels.min()}..{labels.max()} outside 1..10")
         except Exception as e:  # a damaged or foreign file
             raise UserError(f"{folder / name} is not an SVHN file ({first_line(e)[:100]}): "
                             "reinstall it") from None  # fmt: skip

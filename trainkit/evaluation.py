@@ -37,7 +37,7 @@ def evaluate_checkpoint(
     # Checked: its config names no code but trainkit's own and the classes this command names
     trusted = checkpoint.targets_in(OmegaConf.to_container(cfg, resolve=True))
     saved = checkpoint.load(path, trusted=trusted)
-    run_cfg = OmegaConf.create(saved["config"])
+    run_cfg = checkpoint.config_of(saved, path)
     for key in ("data.root", "data.download", "trainer.device", "trainer.eval_batch_size"):
         value = OmegaConf.select(cfg, key)
         if key != "data.root" or value is not None:  # no data.root given: the run's own
@@ -61,7 +61,7 @@ def evaluate_checkpoint(
     matrix = metrics.pop("confusion_matrix")
     result = {
         "checkpoint": str(path),
-        "epoch": saved["epoch"],
+        "epoch": saved.get("epoch"),
         "split": which,
         "samples": len(target),
         **metrics,
@@ -70,7 +70,7 @@ def evaluate_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     console.console.print(
-        f"{path} (epoch {saved['epoch']}) on {which} ({len(target):,} samples): "
+        f"{path} (epoch {saved.get('epoch')}) on {which} ({len(target):,} samples): "
         f"loss {metrics['loss']:.4f}, accuracy {metrics['acc']:.4f}",
         highlight=False,
         soft_wrap=True,

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainkit import console, data, distributed, hparams, layout, runtime, transfer
+from trainkit import checkpoint, console, data, distributed, hparams, layout, runtime, transfer
 from trainkit import resume as resume_run
 from trainkit.augment import Augment, TestTimeViews
 from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
@@ -56,6 +56,11 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
             "nn.Module: name a module class whose constructor takes input_shape and num_classes"
         )
     return model
+
+
+def user_targets(cfg: DictConfig) -> set[tuple[str, str]]:
+    """The classes this run's own config names: a checkpoint may name them too (checkpoint)."""
+    return checkpoint.targets_in(OmegaConf.to_container(cfg, resolve=True))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -104,7 +109,7 @@ def dry_build(cfg: DictConfig) -> None:
         model = build_model(cfg.model, spec.input_shape, n_classes)
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
             warnings.simplefilter("ignore")
-            transfer.apply(model, cfg.model)
+            transfer.apply(model, cfg.model, user_targets(cfg))
         optimizer = build_optimizer(cfg.optimizer, model)
         build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
     build_fill(cfg.init)  # the initializer resolves (it runs on real weights only)
@@ -163,7 +168,7 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     initialize(model, cfg.init)
     if cfg.model.get("from_checkpoint") or cfg.model.get("freeze"):  # a user's model may lack them
-        replaced, differing = transfer.apply(model, cfg.model)
+        replaced, differing = transfer.apply(model, cfg.model, user_targets(cfg))
         if replaced:
             console.console.print(f"not loaded (new shape, initialized): {', '.join(replaced)}")
         for warning in differing:  # settings that change what the loaded weights compute

@@ -83,6 +83,9 @@ def legacy(cfg: DictConfig) -> DictConfig:
     """An init config from before `_target_` (a checkpoint's): {name: he_normal, ...}."""
     if "_target_" in cfg or "name" not in cfg:
         return cfg
+    if cfg.name != "default" and cfg.name not in LEGACY:  # a name is never taken as code to run
+        raise UserError(f"init.name={cfg.name}: not an initializer trainkit had "
+                        f"({', '.join(LEGACY)})")  # fmt: skip
     plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
     if cfg.name != "default":
         plain |= {"_target_": LEGACY[cfg.name], "_partial_": True}

@@ -354,8 +354,8 @@ def first_loss(running_loss: float, device: torch.device) -> float:
     """The first step's loss as rank 0 knows it (it holds the merged sums), on every rank."""
     if not distributed.enabled():
         return running_loss
-    mine = running_loss if distributed.is_main() else -math.inf
-    (agreed,) = distributed.all_max(torch.tensor(mine, device=device, dtype=torch.float64))
+    mine = running_loss if distributed.is_main() else 0.0  # a sum: rank 0's value, in float64
+    (agreed,) = distributed.all_sum(torch.tensor(mine, device=device, dtype=torch.float64))
     return float(agreed)
 
 

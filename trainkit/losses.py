@@ -36,12 +36,21 @@ LEGACY = {
 }
 
 
+def legacy(cfg: DictConfig) -> DictConfig:
+    """A loss config from before `_target_` (a checkpoint's): {name: hinge, ...}. Only the
+    names trainkit had: a name is never taken as code to run."""
+    if "_target_" in cfg or "name" not in cfg:
+        return cfg
+    if cfg.name not in LEGACY:
+        raise UserError(f"loss.name={cfg.name}: not a loss trainkit had ({', '.join(LEGACY)})")
+    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
+    return OmegaConf.create({"_target_": LEGACY[cfg.name], **plain})
+
+
 def build_loss(cfg: DictConfig) -> nn.Module:
     """The loss its `_target_` names (conf/loss/*.yaml, or a YAML of yours), called as
     loss(logits [N, C], labels [N]) -> the batch mean."""
-    if "_target_" not in cfg and "name" in cfg:  # a checkpoint's config from before
-        cfg = OmegaConf.create({"_target_": LEGACY.get(cfg.name, cfg.name),
-                                **{k: v for k, v in cfg.items() if k != "name"}})  # fmt: skip
+    cfg = legacy(cfg)
     try:
         loss = instantiate(cfg)
     except InstantiationException as e:

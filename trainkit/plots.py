@@ -87,6 +87,13 @@ def sweep_comparison_png(report: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def number(text: object) -> float:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def lr_vs_loss(report: Any, ax: plt.Axes) -> None:
     """Final val loss against lr, one line per setting of the other swept keys through the mean
     over seeds (each seed a dot); a failed job is an x at the top edge, where its loss went."""
@@ -96,8 +103,10 @@ def lr_vs_loss(report: Any, ax: plt.Axes) -> None:
             f"{k}={job.overrides.get(k, '')}" for k in report.keys if k not in ("lr", "seed")
         )
         loss = job.final("val_loss") if job.ok else math.inf
-        series.setdefault(others or "val loss", {}).setdefault(float(job.overrides["lr"]), [])
-        series[others or "val loss"][float(job.overrides["lr"])].append(loss)
+        lr = number(job.overrides.get("lr"))
+        if not math.isfinite(lr):  # a damaged overrides.yaml: nothing to place on the axis
+            continue
+        series.setdefault(others or "val loss", {}).setdefault(lr, []).append(loss)
     finite = [
         x for by_lr in series.values() for xs in by_lr.values() for x in xs if math.isfinite(x)
     ]

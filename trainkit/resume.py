@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from trainkit import checkpoint, layout, runtime
+from trainkit import checkpoint, init, layout, losses, runtime, schedule
 from trainkit.callbacks import Callback
 from trainkit.config import compose_config, shorten_aliases
 from trainkit.errors import UserError, first_line
@@ -57,7 +57,7 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
     refuse_failed(run_dir, path)
     changes = [o for o in overrides if o.partition("=")[0] in CHANGEABLE]
     repeats = [o for o in overrides if o not in changes]
-    composed = compose_config(repeats) if repeats else None
+    composed = compose_config([*repeats, *changes]) if repeats else None
     trusted = checkpoint.targets_in(to_container(composed)) if composed is not None else set()
     saved = checkpoint.load(path, trusted=trusted)  # names no code but trainkit's and theirs
     if "fit" not in saved:
@@ -66,9 +66,9 @@ def load(target: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
             "load its weights with model.from_checkpoint="
         )
     check_resume_state(saved, path)
-    cfg = OmegaConf.create(saved["config"])
+    cfg = checkpoint.config_of(saved, path)
     if composed is not None:
-        refuse_changes(repeats, composed, saved["config"])
+        refuse_changes(repeats, composed, cfg)
     for text in changes:
         key, _, value = text.partition("=")
         OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None)
@@ -85,22 +85,37 @@ def to_container(cfg: DictConfig | None) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}  # type: ignore[return-value]
 
 
-def refuse_changes(overrides: list[str], composed: DictConfig, saved: dict) -> None:
-    """Each override (a key or a group) must give the value the run was saved with."""
+def refuse_changes(overrides: list[str], composed: DictConfig, saved: DictConfig) -> None:
+    """Each override (a key or a group) must give the value the run was saved with; the keys
+    that may change (CHANGEABLE) are left out of the comparison, and a group saved before
+    `_target_`s ({name: cosine}) is compared as it builds today."""
     for text in overrides:
         key = text.partition("=")[0].lstrip("+~")
         if key.startswith("hydra."):  # where configs are found, not what the run is
             continue
-        ours = OmegaConf.select(composed, key)
-        ours = OmegaConf.to_container(ours, resolve=True) if OmegaConf.is_config(ours) else ours
-        theirs = OmegaConf.select(OmegaConf.create(saved), key)
-        theirs = OmegaConf.to_container(theirs) if OmegaConf.is_config(theirs) else theirs
+        ours, theirs = (comparable(key, OmegaConf.select(c, key)) for c in (composed, saved))
         if ours != theirs:
             was = f"another {key}" if isinstance(theirs, dict) else f"{key}={theirs}"
             raise UserError(
                 f"{shorten_aliases(text)}: a resumed run keeps its config, and it was saved with "
                 f"{shorten_aliases(was)}; only {', '.join(CHANGEABLE)} may change"
             )
+
+
+def comparable(key: str, node: object) -> object:
+    """A config value, or a group as a plain dict without the CHANGEABLE keys."""
+    if not OmegaConf.is_config(node):
+        return node
+    group = {"scheduler": schedule.legacy, "loss": losses.legacy, "init": init.legacy}.get(key)
+    if group is not None:
+        node = group(node)  # type: ignore[arg-type]
+    plain = OmegaConf.to_container(node, resolve=True)
+    if isinstance(plain, dict):
+        for changeable in CHANGEABLE:
+            group_key, _, leaf = changeable.partition(".")
+            if group_key == key:
+                plain.pop(leaf, None)
+    return plain
 
 
 # What restore() reads, with the type it must have: a damaged file gets one line, not a

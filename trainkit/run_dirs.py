@@ -98,14 +98,13 @@ def claim(folder: Path, named: bool, overwrite: bool = False, key: str = "hydra.
             f"or choose another folder with {key}=<folder>"
         )
     if holds_run(folder) and not overwrite:
-        again = (
-            " (trainer.overwrite=true deletes that run and starts again there)"
-            if key == "hydra.run.dir"
-            else ""
-        )
+        if key != "hydra.run.dir":
+            raise UserError(f"{folder} already holds a run (a sweep): choose a fresh folder "
+                            f"with {key}=<folder>, or compare it: trainkit compare {folder}")
         raise UserError(
             f"{folder} already holds a run: go on with it with `trainkit resume={folder}`, or "
-            f"choose a fresh folder with {key}=<folder>{again}"
+            f"choose a fresh folder with {key}=<folder> (trainer.overwrite=true deletes that "
+            "run and starts again there)"
         )
     if not lock(folder):
         raise UserError(f"{folder} is in use by another trainkit process: choose another folder")
@@ -126,9 +125,27 @@ def clear(folder: Path) -> None:
         path.unlink()
 
 
-def hydra_value(path: Path) -> str:
-    """`path` as a value on Hydra's command line: quoted unless it is plain."""
+def hydra_value(path: Path | str) -> str:
+    """`path` as a value on Hydra's command line, read back exactly as `path` (checked: the
+    folder Hydra writes into must be the folder that was checked and locked)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     text = str(path)
-    if re.fullmatch(r"[\w./\-+@~%:]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if re.fullmatch(r"[A-Za-z0-9_./\-+@%:]+", text):
+        quoted = text
+    else:  # Hydra unescapes backslashes only before a quote (and the closing one)
+        quoted = "'" + re.sub(r"(\\+)(?='|$)", r"\1\1", text).replace("'", "\\'") + "'"
+    parsed = OverridesParser.create().parse_overrides([f"key={quoted}"])[0].value()
+    if parsed != text or "${" in text:  # an interpolation would be resolved
+        raise UserError(f"{text}: Hydra cannot take this folder name as it is; choose one "
+                        "without quotes, backslashes or ${...}")
+    return quoted
+
+
+def release_one(folder: Path) -> None:
+    """Let go of `folder`'s lock (a sweep job's, when the job ends)."""
+    for i in reversed(range(len(claimed))):
+        if claimed[i] == folder:
+            with contextlib.suppress(OSError):
+                os.close(_held.pop(i))
+            claimed.pop(i)

@@ -83,6 +83,9 @@ def legacy(cfg: DictConfig) -> DictConfig:
     """A schedule config from before `_target_` (a checkpoint's): {name: step, ...}."""
     if "_target_" in cfg or "name" not in cfg:
         return cfg
+    if cfg.name != "none" and cfg.name not in LEGACY:  # a name is never taken as code to run
+        raise UserError(f"scheduler.name={cfg.name}: not a schedule trainkit had "
+                        f"({', '.join(LEGACY)})")  # fmt: skip
     plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
     if cfg.name != "none":
         plain["_target_"] = LEGACY[cfg.name]

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainkit.config import shorten_aliases
 from trainkit.errors import UserError, first_line
@@ -49,8 +50,8 @@ class Job:
     def monitor(self) -> str:
         """The job's trainer.monitor, from its saved config (val_acc if it cannot be read)."""
         try:
-            config = OmegaConf.load(self.path / ".hydra" / "config.yaml")
-            monitor = OmegaConf.select(config, "trainer.monitor", default="val_acc")
+            config = plain_yaml(self.path / ".hydra" / "config.yaml")
+            monitor = config["trainer"].get("monitor", "val_acc")
         except Exception:  # a damaged file: the folder is data, and the report goes on
             return "val_acc"
         return monitor if monitor in ("val_acc", "val_loss") else "val_acc"
@@ -149,15 +150,21 @@ def read_hydra_files(hydra_dir: Path) -> tuple[dict[str, str], int, str]:
     says what is damaged, if anything (the folder is data: the report goes on without it)."""
     overrides = {}
     try:
-        for text in OmegaConf.load(hydra_dir / "overrides.yaml"):
+        for text in plain_yaml(hydra_dir / "overrides.yaml"):
             key, _, value = shorten_aliases(str(text)).partition("=")
             if not key.startswith("hydra"):
                 overrides[key.lstrip("+~")] = value
-        num = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num")
+        num = plain_yaml(hydra_dir / "hydra.yaml")["hydra"]["job"].get("num")
         return overrides, int(num or 0), ""
     except Exception as e:
         why = first_line(e)[:80]
         return overrides, 10**9, f"{hydra_dir} cannot be read ({type(e).__name__}: {why})"
+
+
+def plain_yaml(path: Path) -> Any:
+    """A YAML file of a sweep folder as plain data: no interpolation is resolved (the folder is
+    data: `${oc.env:...}` in it stays text)."""
+    return yaml.safe_load(path.read_text())
 
 
 def read_summary(path: Path) -> dict:

@@ -97,14 +97,16 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix.rstrip(".") + ".")
 
 
-def apply(model: nn.Module, cfg: DictConfig) -> tuple[list[str], list[str]]:
+def apply(
+    model: nn.Module, cfg: DictConfig, trusted: checkpoint.Targets = frozenset()
+) -> tuple[list[str], list[str]]:
     """Load and freeze as the model group says. Returns the names of the replaced tensors and
     warnings about settings that differ from the checkpoint's (differing_settings)."""
     replaced, warnings = [], []
     source = cfg.get("from_checkpoint")  # a user's model config may leave both keys out
     if source:
-        trusted = checkpoint.targets_in({"model": OmegaConf.to_container(cfg, resolve=True)})
-        replaced, theirs = load_weights(model, source, trusted)
+        ours = checkpoint.targets_in({"model": OmegaConf.to_container(cfg, resolve=True)})
+        replaced, theirs = load_weights(model, source, ours | set(trusted))
         warnings = differing_settings(theirs, cfg, str(checkpoint_path(source)))
     freeze(model, list(cfg.get("freeze") or []))
     return replaced, warnings
