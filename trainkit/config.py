@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from trainkit.errors import UserError
+
 
 def find_conf_dir() -> Path:
     """The config tree: trainkit/conf in an installed wheel, conf/ beside the package in a
@@ -611,6 +613,23 @@ def validate_init(init: DictConfig) -> list[str]:
                 "e.g. relu, leaky_relu, tanh, sigmoid, linear"
             )
     return errors
+
+
+def from_legacy_name(
+    cfg: DictConfig, group: str, targets: dict[str, str], extra: dict | None = None
+) -> DictConfig:
+    """A group's config saved before it had a `_target_` (a checkpoint's: {name: hinge, ...})
+    as it is built today. The name is looked up in `targets` (a name missing there, such as
+    `default`/`none`, builds nothing); any other name is refused: a name is never taken as
+    code to run. `extra`: keys the target needs (e.g. _partial_)."""
+    if "_target_" in cfg or "name" not in cfg:
+        return cfg
+    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
+    if cfg.name in ("default", "none"):
+        return OmegaConf.create(plain)
+    if cfg.name not in targets:
+        raise UserError(f"{group}.name={cfg.name}: not one trainkit had ({', '.join(targets)})")
+    return OmegaConf.create({"_target_": targets[cfg.name], **(extra or {}), **plain})
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

@@ -26,9 +26,10 @@ from collections.abc import Callable
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from trainkit.config import from_legacy_name
 from trainkit.errors import UserError, first_line, instantiation_reason
 
 
@@ -81,15 +82,7 @@ LAYERS_WITH_WEIGHTS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def legacy(cfg: DictConfig) -> DictConfig:
     """An init config from before `_target_` (a checkpoint's): {name: he_normal, ...}."""
-    if "_target_" in cfg or "name" not in cfg:
-        return cfg
-    if cfg.name != "default" and cfg.name not in LEGACY:  # a name is never taken as code to run
-        raise UserError(f"init.name={cfg.name}: not an initializer trainkit had "
-                        f"({', '.join(LEGACY)})")  # fmt: skip
-    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
-    if cfg.name != "default":
-        plain |= {"_target_": LEGACY[cfg.name], "_partial_": True}
-    return OmegaConf.create(plain)
+    return from_legacy_name(cfg, "init", LEGACY, {"_partial_": True})
 
 
 def build_fill(cfg: DictConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from trainkit.config import from_legacy_name
 from trainkit.errors import UserError, instantiation_reason
 
 
@@ -37,14 +38,8 @@ LEGACY = {
 
 
 def legacy(cfg: DictConfig) -> DictConfig:
-    """A loss config from before `_target_` (a checkpoint's): {name: hinge, ...}. Only the
-    names trainkit had: a name is never taken as code to run."""
-    if "_target_" in cfg or "name" not in cfg:
-        return cfg
-    if cfg.name not in LEGACY:
-        raise UserError(f"loss.name={cfg.name}: not a loss trainkit had ({', '.join(LEGACY)})")
-    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
-    return OmegaConf.create({"_target_": LEGACY[cfg.name], **plain})
+    """A loss config from before `_target_` (a checkpoint's): {name: hinge, ...}."""
+    return from_legacy_name(cfg, "loss", LEGACY)
 
 
 def build_loss(cfg: DictConfig) -> nn.Module:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
+from trainkit.config import from_legacy_name
 from trainkit.errors import UserError, instantiation_reason
 
 Schedule = sched.LRScheduler | sched.ReduceLROnPlateau
@@ -81,15 +82,7 @@ def takes_total(factory: object) -> bool:
 
 def legacy(cfg: DictConfig) -> DictConfig:
     """A schedule config from before `_target_` (a checkpoint's): {name: step, ...}."""
-    if "_target_" in cfg or "name" not in cfg:
-        return cfg
-    if cfg.name != "none" and cfg.name not in LEGACY:  # a name is never taken as code to run
-        raise UserError(f"scheduler.name={cfg.name}: not a schedule trainkit had "
-                        f"({', '.join(LEGACY)})")  # fmt: skip
-    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
-    if cfg.name != "none":
-        plain["_target_"] = LEGACY[cfg.name]
-    return OmegaConf.create(plain)
+    return from_legacy_name(cfg, "scheduler", LEGACY)
 
 
 def is_plateau(cfg: DictConfig) -> bool:
