@@ -55,7 +55,12 @@ def test_training_column_major_matches_row_major_and_the_lean_step_is_exact() ->
     assert moved > 0.03  # 6 steps of lr 0.01 moved the weights
     for key, value in results["rows"].items():
         assert torch.equal(results["lean"][key], results["step"][key]), key
-        torch.testing.assert_close(results["lean"][key], value, atol=1e-5, rtol=1e-4)
+        # Another summation order rounds each gradient differently, and Adam divides by the
+        # gradient's own scale, so a near-zero gradient's rounding can move a weight by up to
+        # ~lr * 1e-3: compare to the distance the weights moved, not to a fixed 1e-5 (one
+        # element of 200,704 was 1.95e-5 off on the Intel AMX CPU).
+        torch.testing.assert_close(results["lean"][key], value, atol=float(moved) * 1e-3,
+                                   rtol=1e-4)
 
 
 def test_optimizer_state_saved_row_major_is_given_the_weights_layout() -> None:
