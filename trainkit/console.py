@@ -1,25 +1,47 @@
-"""What a person sees: the config tree at start, a live progress bar per epoch (one plain line
-per epoch when stdout is not a terminal), and a summary table at the end."""
+"""What a person sees: a short header (run folder, overrides, data, model, device), a live
+progress bar per epoch (one plain line per epoch when stdout is not a terminal), a summary
+table and one verdict at the end. The whole config tree is in .hydra/config.yaml, in
+`trainkit --cfg job`, and printed first with trainer.verbose=true."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from trainkit.callbacks import Callback
 from trainkit.loop import FitState
 
+if TYPE_CHECKING:
+    from trainkit.data import Data
+    from trainkit.loop import Training
+
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 200  # piped or logged: tables keep their columns instead of cutting at 80
 log = logging.getLogger("trainkit")  # Hydra routes it to the run's log file
+compact = False  # a sweep's job: a one-line result instead of the summary table (sweep.py
+# prints the table that compares the jobs)
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -30,6 +52,68 @@ def print_config(cfg: DictConfig) -> None:
         else:
             tree.add(f"[bold]{key}[/]: {value}")
     console.print(tree)
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """1 epoch, 2 epochs."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {nouns or noun + 's'}"
+
+
+def print_header(
+    cfg: DictConfig, run_dir: Path, dataset: Data, training: Training, overrides: list[str],
+    choices: dict[str, Any],
+) -> None:  # fmt: skip
+    """Five lines that say what this run is: where it writes, what was asked, on what data,
+    which model and optimizer, on which device at which precision."""
+    asked = " ".join(overrides) if overrides else "none (the default experiment)"
+    shape = "x".join(str(s) for s in dataset.input_shape)
+    parameters = sum(p.numel() for p in training.model.parameters())
+    trainable = sum(p.numel() for p in training.model.parameters() if p.requires_grad)
+    frozen = f" ({trainable:,} trainable)" if trainable < parameters else ""
+    steps = training_steps(cfg, len(dataset.train))
+    device = dataset.train.labels.device
+    threads = f" ({plural(torch.get_num_threads(), 'thread')})" if device.type == "cpu" else ""
+    precision = "fp32" if training.autocast is None else str(training.autocast).rpartition(".")[2]
+    lines = [
+        f"[bold]trainkit[/] run in {escape(shown_path(run_dir))}",
+        f"  overrides: {escape(asked)}",
+        f"  data: {escape(str(cfg.data.name))}, {len(dataset.train):,} train / "
+        f"{len(dataset.val):,} val / {len(dataset.test):,} test images of {shape}, "
+        f"{plural(dataset.num_classes, 'class', 'classes')}",
+        f"  model: {escape(option(choices, 'model', cfg.model))}, {parameters:,} parameters"
+        f"{frozen}; init {escape(option(choices, 'init', cfg.init))}; loss "
+        f"{escape(option(choices, 'loss', cfg.loss))}; optimizer "
+        f"{escape(option(choices, 'optimizer', cfg.optimizer))} lr {cfg.optimizer.lr:g}; "
+        f"scheduler {escape(option(choices, 'scheduler', cfg.scheduler))}",
+        f"  {plural(cfg.trainer.epochs, 'epoch')} of {plural(steps, 'step')} (batch "
+        f"{cfg.trainer.batch_size}) on {device}{threads}, {precision}",
+    ]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+    log.info("run in %s; overrides: %s", run_dir, asked)
+
+
+def shown_path(path: Path) -> str:
+    """A path under the current folder as a relative one (outputs/...): shorter to read."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def option(choices: dict[str, Any], group: str, node: DictConfig) -> str:
+    """The option chosen for a group (model=cnn), or the class a user's config names."""
+    chosen = choices.get(group)
+    if chosen:
+        return str(chosen)
+    target = str(node.get("_target_") or "")
+    return target.rpartition(".")[2] or "default"
+
+
+def training_steps(cfg: DictConfig, n_train: int) -> int:
+    from trainkit.loop import steps_per_epoch
+
+    return steps_per_epoch(n_train, cfg.trainer)
 
 
 def print_diagnosis(diagnosis: dict) -> None:
@@ -60,12 +144,27 @@ def epoch_line(metrics: dict, epochs: int) -> str:
     )
 
 
-class ProgressPrinter(Callback):
-    """A progress bar with the running loss while an epoch trains, then the epoch's line."""
+class SamplesPerSecond(ProgressColumn):
+    """Training speed from rich's own estimate of steps per second."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed * self.batch_size:,.0f} samples/s" if speed else "", style="dim")
+
+
+class ProgressPrinter(Callback):
+    """A progress bar while an epoch trains (ETA, samples/s, the epoch's mean loss so far,
+    known from the first step on), then the epoch's line."""
+
+    def __init__(self, batch_size: int) -> None:
         self.live = console.is_terminal
+        self.batch_size = batch_size
         self.progress: Progress | None = None
+        self.shown_loss = math.nan
 
     def on_epoch_start(self, state: FitState) -> None:
         if not self.live:
@@ -74,17 +173,28 @@ class ProgressPrinter(Callback):
             TextColumn(f"epoch {state.epoch}/{state.epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("loss {task.fields[loss]}"),
+            SamplesPerSecond(self.batch_size),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
         )
-        self.task = self.progress.add_task("train", total=state.steps_per_epoch, loss=float("nan"))
+        self.shown_loss = math.nan
+        self.task = self.progress.add_task("train", total=state.steps_per_epoch, loss="…")
         self.progress.start()
 
     def on_step_end(self, state: FitState) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=state.running_loss)
+        if self.progress is None:
+            return
+        # running_loss changes at the loop's sync points only (trainer.log_every_n_steps, and
+        # the epoch's first step): format it then, not at every step.
+        if state.running_loss != self.shown_loss and not math.isnan(state.running_loss):
+            self.shown_loss = state.running_loss
+            self.progress.update(self.task, advance=1, loss=f"{state.running_loss:.4f}")
+        else:
+            self.progress.update(self.task, advance=1)
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
         if self.progress is not None:
@@ -96,18 +206,30 @@ class ProgressPrinter(Callback):
 
 
 def print_summary(summary: dict) -> None:
+    """The summary table, the verdict and where to look next; in a sweep (`compact`), one
+    line: the sweep's own table compares the jobs when it ends."""
     failed = summary.get("status") == "failed"  # then the error line gives the reason
     if summary["final"] is None:  # stopped inside the first epoch
         if not failed:
             console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
         return
-    verdict = summary["diagnosis"]["verdict"]
-    table = Table(title="summary", title_justify="left", caption=f"verdict: {verdict}",
-                  caption_justify="left")  # fmt: skip
+    final, best, test = summary["final"], summary["best"], summary["test"]
+    ending = (
+        f"{summary['stop_reason']} in {summary['wall_time_s']:.1f}s, "
+        f"{summary['train_samples_per_s']:,.0f} train samples/s on {summary['device']}"
+    )
+    if compact:
+        verdict = summary["diagnosis"]["verdict"]
+        line = (f"test acc {test['acc']:.4f} (loss {test['loss']:.4f}), best val acc "
+                f"{best['val_acc']:.4f} at epoch {best['epoch']}; verdict: {verdict}; "
+                f"{ending}")  # fmt: skip
+        console.print(line, highlight=False, soft_wrap=True)
+        log.info(line)
+        return
+    table = Table(title="summary", title_justify="left")
     table.add_column("split")
     table.add_column("loss", justify="right")
     table.add_column("accuracy", justify="right")
-    final, best, test = summary["final"], summary["best"], summary["test"]
     table.add_row("train (last epoch)", f"{final['train_loss']:.4f}", f"{final['train_acc']:.4f}")
     table.add_row("val (last epoch)", f"{final['val_loss']:.4f}", f"{final['val_acc']:.4f}")
     table.add_row(
@@ -115,14 +237,8 @@ def print_summary(summary: dict) -> None:
     )
     table.add_row("test", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
     console.print(table)
-    if not failed:
-        console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
     print_diagnosis(summary["diagnosis"])
-    line = (
-        f"{summary['epochs_run']} epochs in {summary['wall_time_s']:.1f}s, "
-        f"{summary['train_samples_per_s']:,.0f} train samples/s on {summary['device']}; "
-        f"TensorBoard: tensorboard --logdir {summary['run_dir']}"
-    )
+    line = f"{ending}; TensorBoard: tensorboard --logdir {shown_path(Path(summary['run_dir']))}"
     console.print(line, highlight=False, soft_wrap=True)
     log.info("test loss %.4f acc %.4f; %s", test["loss"], test["acc"], line)
 
@@ -148,13 +264,13 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
         if failures:
             cells.append(escape(row["status"]))
         table.add_row(*cells, style=None if ok else "red")
-    out = console if console.is_terminal else Console(width=120)  # logs: room for the columns
-    out.print(table)
+
+    console.print(table)
     for row in failures:  # the first clause; the whole reason is in summary.csv
         overrides = ",".join(f"{k}={row[k]}" for k in report.keys)
         reason = (row["reason"] or "no summary.json: it was stopped").split(";")[0]
         text = escape(f"{row['status']}: {overrides}: {reason}")  # a job's files are data
-        out.print(f"[red]{text}[/]", highlight=False)
+        console.print(f"[red]{text}[/]", highlight=False)
     if not groups:
         return
     keys = [k for k in report.keys if k != "seed"]
@@ -170,7 +286,7 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
             *(row[k] for k in keys), n,
             *(_mean_std(row, name) for name in (f"best_{m}", "final_val_loss", "test_acc")),
         )  # fmt: skip
-    out.print(table)
+    console.print(table)
 
 
 def _num(value: float) -> str:
