@@ -172,8 +172,8 @@ def test_cuda_without_a_gpu_says_what_to_use(tmp_path: Path) -> None:
     )
 
 
-def test_help_lists_the_groups_and_their_options(tmp_path: Path) -> None:
-    result = trainkit("--help", cwd=tmp_path)
+def test_hydras_help_lists_the_groups_and_their_options(tmp_path: Path) -> None:
+    result = trainkit("--help", "--verbose", cwd=tmp_path)  # plain --help: test_help.py
     assert result.returncode == 0
     assert "optimizer: adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd" in result.stdout
     assert (

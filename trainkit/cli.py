@@ -18,8 +18,10 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import hydra
 import hydra._internal.utils
@@ -32,8 +34,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit import run_dirs
+from trainkit.commands import (
+    COMMANDS,
+    command_help,
+    did_you_mean,
+    expand_home,
+    main_help,
+    wants_help,
+)
 from trainkit.config import (
     CONF_DIR,
+    alias_conflicts,
     compose_config,
     expand_aliases,
     register_schemas,
@@ -52,15 +63,6 @@ MAX_PREFLIGHT_JOBS = 64  # larger sweeps are checked value by value instead of j
 register_schemas()
 
 
-# Other jobs that share the config tree: `trainkit <name> [overrides]`. Each is a function
-# (cfg, out_dir) -> dict, and writes into outputs/<name>/<date>/<time>/.
-SUBCOMMANDS = {
-    "lr-find": "trainkit.lr_finder:lr_find",
-    "init-report": "trainkit.init_report:init_report",
-    "learning-curve": "trainkit.learning_curve:learning_curve",
-    "evaluate": "trainkit.evaluation:evaluate_checkpoint",
-}
-
 
 def main() -> None:
     try:
@@ -74,6 +76,8 @@ def main() -> None:
     except UserError as e:  # one raised outside a job: Hydra's own files, a sweep's report
         report("trainkit", e)
         sys.exit(2)
+    except BrokenPipeError:  # the reader left early: trainkit --help --verbose | head
+        sys.exit(0)
     except OSError as e:  # Hydra writing .hydra/ on a full disk, say
         error = user_error(e, run_dirs.claimed[-1] if run_dirs.claimed else Path("outputs"))
         if error is None:
@@ -133,32 +137,72 @@ def stop_sweep(e: SweepInterrupted) -> int:
 
 
 def dispatch() -> None:
-    sys.argv[1:] = config_dirs_to_search_path(sys.argv[1:])
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
-    if under_torchrun() and command in ("compare", "study", *SUBCOMMANDS):
-        if is_rank_zero():
-            message = (f"`trainkit {command}` does not run under torchrun: run it as a plain "
-                       "command (torchrun is for one training run)")  # fmt: skip
-            print(f"trainkit: error: {message}", file=sys.stderr)
-        sys.exit(2)
-    if any(arg.startswith("resume=") for arg in sys.argv[1:]):
-        sys.exit(resume(expand_aliases(sys.argv[1:])))
-    if len(sys.argv) > 1 and sys.argv[1] == "compare":
-        sys.exit(compare(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "study":
-        sys.exit(study(expand_aliases(sys.argv[2:])))
-    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        sys.exit(run_subcommand(sys.argv[1], expand_aliases(sys.argv[2:])))
-    sys.argv[1:] = expand_aliases(sys.argv[1:])
+    args = config_dirs_to_search_path(sys.argv[1:])
+    command = command_named(args)
+    if wants_help(args):
+        if command or "--verbose" not in args:  # --help --verbose: Hydra's, with every key
+            with contextlib.suppress(BrokenPipeError):  # trainkit --help | head
+                print(command_help(command) if command else main_help(), flush=True)
+            sys.exit(0)
+        args.remove("--verbose")
+    prefix = f"trainkit {command}" if command and command != "resume" else "trainkit"
+    if under_torchrun() and command and command != "resume":
+        sys.exit(refuse(prefix, [f"`trainkit {command}` does not run under torchrun: run it as a "
+                                 "plain command (torchrun is for one training run)"]))  # fmt: skip
+    if command == "resume" and args[0] == "resume":
+        sys.exit(refuse(prefix, ["resume takes the run as resume=<run dir>: "
+                                 "trainkit resume=outputs/<date>/<time>"]))  # fmt: skip
+    if args and (typo := did_you_mean(args[0])):
+        sys.exit(refuse(prefix, [typo]))
+    args = expand_home(args, COMMANDS[command].own_keys if command else ())
+    given = args[1:] if command and command != "resume" else args
+    if conflicts := alias_conflicts(given):
+        sys.exit(refuse(prefix, conflicts))
+    if command == "resume":
+        sys.exit(resume(expand_aliases(args)))
+    if command:
+        if COMMANDS[command].handler:
+            sys.exit(load(COMMANDS[command].target)(expand_aliases(given)))
+        sys.exit(run_subcommand(command, expand_aliases(given)))
+    sys.argv[1:] = expand_aliases(args)
+    train()
+
+
+def command_named(args: list[str]) -> str:
+    """The subcommand the arguments ask for ("" for a run): the first argument, or the one
+    after --help/-h (`trainkit --help evaluate`); "resume" for `resume=<run dir>`."""
+    if any(arg.startswith("resume=") for arg in args):
+        return "resume"
+    words = [arg for arg in args[:2] if arg not in ("--help", "-h")]
+    return words[0] if words and words[0] in COMMANDS else ""
+
+
+def refuse(prefix: str, errors: list[str]) -> int:
+    """One line per problem (under torchrun: once, not per rank); exit status 2."""
+    for line in errors if is_rank_zero() else []:
+        print(f"{prefix}: error: {line}", file=sys.stderr)
+    return 2
+
+
+def load(target: str) -> Callable[..., Any]:
+    """A command table's "module:function" target, imported when it runs (torch loads then)."""
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def train() -> None:
+    """`trainkit [overrides]` (sys.argv): the pre-flight check, then Hydra's app."""
     args = hydra._internal.utils.get_args_parser().parse_args()
+    if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
+        from trainkit import completion
+
+        sys.exit(completion.answer(args.overrides, hydra_app))
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         errors = preflight(args.overrides, args.multirun)
         if under_torchrun():
             errors += join_torchrun(args.multirun)
         if errors:
-            for line in errors if is_rank_zero() else []:  # under torchrun: once, not per rank
-                print(f"trainkit: error: {line}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(refuse("trainkit", errors))
         if is_rank_zero() and not args.cfg:  # --cfg prints; under torchrun, the others write
             # into throwaway folders (join_torchrun)
             sys.argv += claim_outputs(args.overrides, args.multirun)
@@ -300,16 +344,10 @@ def job_label(hydra_cfg: DictConfig) -> str:
     return f"#{hydra_cfg.job.num} ({shorten_aliases(','.join(overrides))})"
 
 
-# Arguments of a subcommand's own, not config keys: name=a,b,c -> a list of strings.
-SUBCOMMAND_ARGS = {
-    "init-report": ("schemes",),
-    "learning-curve": ("sizes",),
-    "evaluate": ("ckpt", "split"),
-}
-
-
 def run_subcommand(name: str, args: list[str]) -> int:
-    own = SUBCOMMAND_ARGS.get(name, ())
+    """A job of the command table on the composed config, into outputs/<name>/<date>/<time>/.
+    Its own arguments (commands.py) reach the function as lists: sizes=a,b -> ["a", "b"]."""
+    own = COMMANDS[name].own_keys
     kwargs = {
         key: value.split(",") for key, _, value in (a.partition("=") for a in args) if key in own
     }
@@ -322,10 +360,9 @@ def run_subcommand(name: str, args: list[str]) -> int:
         return 2
     cfg = compose_config(overrides)
     out_dir = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    module, function = SUBCOMMANDS[name].split(":")
     GlobalHydra.instance().clear()
     try:
-        getattr(importlib.import_module(module), function)(cfg, out_dir, **kwargs)
+        load(COMMANDS[name].target)(cfg, out_dir, **kwargs)
     except UserError as e:
         report(f"trainkit {name}", e)
         return 2

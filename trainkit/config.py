@@ -433,11 +433,18 @@ def register_schemas() -> None:
 
 
 def config_groups_help() -> str:
-    return "\n".join(
-        f"{group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}"
-        for group in sorted(CONF_DIR.iterdir())
-        if group.is_dir()
-    )
+    return "\n".join(f"{group}: {', '.join(options)}" for group, options in config_groups().items())
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each group of conf/ with its options, nested ones too (hydra/launcher); a group that
+    holds only groups (hydra/) has no entry of its own."""
+    groups = {}
+    for folder in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if options:
+            groups[folder.relative_to(CONF_DIR).as_posix()] = options
+    return groups
 
 
 def expand_aliases(overrides: list[str]) -> list[str]:
@@ -447,6 +454,24 @@ def expand_aliases(overrides: list[str]) -> list[str]:
         key, sep, value = text.partition("=")
         expanded.append(f"{ALIASES[key]}={value}" if sep and key in ALIASES else text)
     return expanded
+
+
+def alias_conflicts(overrides: list[str]) -> list[str]:
+    """An alias and its full key both given (`lr=1e-3 optimizer.lr=1e-2`): Hydra would keep the
+    last one without a word, so the command line is refused instead. One line per key."""
+    given: dict[str, list[str]] = {}
+    for text in overrides:
+        key, sep, _ = text.partition("=")
+        if sep and not text.startswith("-"):
+            given.setdefault(ALIASES.get(key, key.lstrip("+~")), []).append(text)
+    errors = []
+    for alias, path in ALIASES.items():
+        spelled = given.get(path, [])
+        keys = {text.partition("=")[0].lstrip("+~") for text in spelled}
+        if alias in keys and path in keys:
+            errors.append(f"{' and '.join(spelled)} both set {path} ({alias} is short for it): "
+                          "give it once")  # fmt: skip
+    return errors
 
 
 def shorten_aliases(overrides: str) -> str:
