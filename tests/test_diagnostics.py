@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from trainkit import hparams
+from trainkit.callbacks import is_sampled, sample_every
 from trainkit.diagnostics import HISTOGRAM_BINS, write_histogram
 from trainkit.errors import UserError
 from trainkit.experiment import run
@@ -19,6 +21,7 @@ from trainkit.hparams import group_choices
 from trainkit.verdict import diagnose
 
 from .conftest import compose_config, small_overrides
+from .tensorboard_events import hparams_records, scalar_tags, scalars, texts
 
 DEEP = "model.hidden=[64,64,64,64,64,64,64,64,64,64]"  # a 10-layer MLP
 
@@ -30,8 +33,8 @@ def train(overrides: list[str], run_dir: Path) -> dict:
 def layer_grad_norms(run_dir: Path) -> dict[str, float]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    tags = [t for t in events.Tags()["scalars"] if t.startswith("grad_norm/net.")]
-    return {t.removeprefix("grad_norm/"): events.Scalars(t)[0].value for t in tags}
+    tags = [t for t in events.Tags()["scalars"] if t.startswith("diagnostics/grad_norm/net.")]
+    return {t.removeprefix("diagnostics/grad_norm/"): events.Scalars(t)[0].value for t in tags}
 
 
 def test_deep_sigmoid_mlp_with_small_init_vanishes_and_says_so(
@@ -44,7 +47,8 @@ def test_deep_sigmoid_mlp_with_small_init_vanishes_and_says_so(
     assert len(norms) == 11  # ten hidden layers and the head, each its own tag
     assert norms["net.fc1"] < 1e-3 * norms["net.head"]
     assert summary["alerts"] == ["vanishing"]
-    assert "warning: vanishing gradients at step 5" in capsys.readouterr().out
+    assert "warning: vanishing gradients at step 1" in capsys.readouterr().out
+    assert sorted(texts(tmp_path / "sigmoid")) == ["verdict", "warnings/vanishing"]  # TEXT order
 
     twin = [*small_overrides(fmnist_slice), DEEP, "model.activation=relu", "init=he_normal",
             "epochs=1", "diagnostics.every_n_steps=5"]  # fmt: skip
@@ -61,18 +65,93 @@ def test_per_layer_signals_are_written_by_path(fmnist_slice: Path, tmp_path: Pat
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
+    d = "diagnostics"
     for layer in ("features.conv1", "features.conv2", "classifier.fc", "classifier.head"):
         for kind in ("grad_norm", "weight_norm", "update_ratio"):
-            assert f"{kind}/{layer}" in tags
+            assert f"{d}/{kind}/{layer}" in tags
     for act in ("features.act1", "classifier.act"):
-        assert {f"act_mean/{act}", f"act_std/{act}", f"dead_frac/{act}"} <= tags
-    total = events.Scalars("grad_norm/total")
+        assert {f"{d}/act_mean/{act}", f"{d}/act_std/{act}", f"{d}/dead_frac/{act}"} <= tags
+    total = events.Scalars(f"{d}/grad_norm/total")
     assert [p.step for p in total] == list(range(1, 11))  # every step of the epoch
-    ratios = [p.value for p in events.Scalars("update_ratio/classifier.fc")]
-    assert all(0 < r < 1 for r in ratios)
-    dead = [p.value for p in events.Scalars("dead_frac/features.act1")]
+    ratios = events.Scalars(f"{d}/update_ratio/classifier.fc")
+    assert [p.step for p in ratios] == [1, 2, 4, 6, 8, 10]  # step 1, then every 2
+    assert all(0 < p.value < 1 for p in ratios)
+    dead = [p.value for p in events.Scalars(f"{d}/dead_frac/features.act1")]
     assert all(0 <= d <= 1 for d in dead)
-    assert "weights/features.conv1" in events.Tags()["histograms"]
+    # Every tag of the run's own folder but the headline, schedule and summary ones is a
+    # diagnostic: one group, listed after curves/ (train/, validation/).
+    assert {t.split("/")[0] for t in tags} == {d, "schedule", "perf", "summary"}
+    histograms = events.Histograms(f"{d}/weights/features.conv1")
+    assert [h.step for h in histograms] == [10]  # the step the epoch ended
+
+
+@pytest.mark.parametrize(
+    ("configured", "steps_per_epoch", "every"),
+    [(100, 16, 4), (100, 1000, 100), (100, 3, 1), (5, 40, 5)],
+)
+def test_a_short_epoch_is_sampled_four_times(
+    configured: int, steps_per_epoch: int, every: int
+) -> None:
+    assert sample_every(configured, steps_per_epoch) == every
+    sampled = [s for s in range(1, 2 * steps_per_epoch + 1) if is_sampled(s, every)]
+    assert sampled == sorted({1, *range(every, 2 * steps_per_epoch + 1, every)})
+
+
+def test_a_32_step_run_shows_every_per_layer_signal_from_step_1(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """The default every_n_steps (100) is longer than the whole run: a quarter epoch is used."""
+    overrides = [*small_overrides(fmnist_slice), "data.train_size=800", "batch_size=50",
+                 "epochs=2"]  # fmt: skip
+    train(overrides, tmp_path)  # 16 steps an epoch, 32 in all
+    tags = scalar_tags(tmp_path)
+    for layer in ("net.fc1", "net.head"):
+        for kind in ("grad_norm", "weight_norm", "update_ratio"):
+            steps = [step for step, _ in scalars(tmp_path, f"diagnostics/{kind}/{layer}")]
+            assert steps == [1, 4, 8, 12, 16, 20, 24, 28, 32], kind
+    assert {"diagnostics/act_mean/net.act1", "diagnostics/dead_frac/net.act1"} <= tags
+    totals = [step for step, _ in scalars(tmp_path, "diagnostics/grad_norm/total")]
+    assert totals == [1, 4, 8, 12, 16, 20, 24, 28, 32]  # total_norm_every_n_steps capped at 4
+    assert [step for step, _ in scalars(tmp_path, "schedule/lr")] == totals
+
+
+def test_hparams_declare_the_swept_keys_and_the_split_metrics(tmp_path: Path) -> None:
+    """The HPARAMS records of a sweep job: the swept keys as the columns, in the order typed and
+    marked `differs`; the trial named by their values; each metric read from its split's run."""
+    sweep = tmp_path / "sweep"
+    job = sweep / "lr=0.1,optimizer=sgd"
+    job.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [model=mlp, 'optimizer=sgd,adam', "
+        "'optimizer.lr=0.1,0.01', trainer.epochs=3]\n"
+    )
+    values = {"model": "mlp", "optimizer": "sgd", "optimizer.lr": 0.1, "trainer.epochs": 3.0}
+    writer = SummaryWriter(str(job))
+    hparams.write_start(writer, values, "val_acc", job)
+    writer.close()
+    experiment, start = hparams_records(job)
+    columns = [(h.name, h.display_name, h.differs) for h in experiment.hparam_infos]
+    assert columns == [("optimizer", "optimizer", True), ("optimizer.lr", "lr", True)]
+    assert start.group_name == "optimizer=sgd,lr=0.1 · sweep"
+    assert dict(start.hparams)["trainer.epochs"].number_value == 3  # constant: a value, no column
+    metrics = [(m.name.group, m.name.tag) for m in experiment.metric_infos]
+    assert metrics[:2] == [("validation", "curves/accuracy"), ("validation", "curves/loss")]
+    assert ("test", "curves/accuracy") in metrics and ("", "summary/best_val_acc") in metrics
+    assert [(g, t) for g, t, _ in hparams.metric_names("val_acc")] == metrics
+
+
+def test_a_lone_run_declares_every_key_and_no_trial_name(tmp_path: Path) -> None:
+    values = {"model": "mlp", "optimizer.lr": 0.1}
+    writer = SummaryWriter(str(tmp_path / "run"))
+    hparams.write_start(writer, values, "val_loss", tmp_path / "run")
+    writer.close()
+    experiment, start = hparams_records(tmp_path / "run")
+    assert [(h.name, h.differs) for h in experiment.hparam_infos] == [
+        ("model", False),
+        ("optimizer.lr", False),
+    ]
+    assert start.group_name == ""  # TensorBoard names the trial by its folder
+    assert experiment.metric_infos[-1].name.tag == "summary/best_val_loss"
 
 
 def test_lr_10_with_sgd_stops_on_nan_with_a_loadable_checkpoint(

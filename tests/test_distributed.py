@@ -118,8 +118,10 @@ def test_a_stopped_ddp_run_resumes_to_the_same_numbers(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert learning(run_dir) == learning(ddp_run["run_dir"])
     # rank 0's event files only (one before the stop, one after), each epoch logged once
-    assert {p.parent for p in tmp_path.rglob("events.out.tfevents.*")} == {run_dir}
-    assert [step for step, _ in scalars(run_dir, "loss/train")] == [1, 2]
+    folders = {run_dir, *(run_dir / split for split in ("train", "validation", "test"))}
+    assert {p.parent for p in tmp_path.rglob("events.out.tfevents.*")} == folders
+    steps = [step for step, _ in scalars(run_dir / "train", "curves/loss")]
+    assert steps == [int(row["step"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
 
 
 def test_two_processes_reach_the_accuracy_of_one_with_the_same_global_batch(

@@ -91,9 +91,12 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert test[0] == test[1]
     assert checkpoint.load(resumed / "checkpoints" / "epoch_2.pt")["epoch"] == 2
     # TensorBoard: each curve once per step, no gaps, the same values.
-    assert scalars(resumed, "acc/val") == scalars(reference, "acc/val")
-    steps = [step for step, _ in scalars(resumed, "grad_norm/total")]
-    assert steps == list(range(3, STEPS_PER_EPOCH * EPOCHS + 1, 3))
+    for split in ("train", "validation"):  # and the sibling runs' files too
+        ours, theirs = (scalars(d / split, "curves/accuracy") for d in (resumed, reference))
+        assert ours == theirs and len(ours) == EPOCHS
+    steps = [step for step, _ in scalars(resumed, "diagnostics/grad_norm/total")]
+    # step 1, then every 2 (a quarter of a 10-step epoch, below every_n_steps=4)
+    assert steps == [1, *range(2, STEPS_PER_EPOCH * EPOCHS + 1, 2)]
 
 
 @pytest.mark.parametrize("step", [5, 15])  # mid-epoch 1 (only last.pt of epoch 0), mid-epoch 2
@@ -131,8 +134,8 @@ def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
     assert "go on with" not in result.stdout  # said once, on stderr
     assert result.stderr.strip().endswith(f"go on with: trainkit resume={run_dir}")
     # The event file was flushed and closed: epoch 1 and the first 15 steps are readable.
-    assert [step for step, _ in scalars(run_dir, "loss/val")] == [1]
-    assert [step for step, _ in scalars(run_dir, "grad_norm/total")][-1] == 12  # sampled
+    assert [step for step, _ in scalars(run_dir / "validation", "curves/loss")] == [10]
+    assert [step for step, _ in scalars(run_dir, "diagnostics/grad_norm/total")][-1] == 14
 
     resumed = trainkit(f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

@@ -147,38 +147,54 @@ def test_tensorboard_serves_the_hparams_and_scalars_of_every_job(
             except OSError:  # not listening yet
                 pass
             time.sleep(0.5)
-        metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
-        assert metrics == hparams.metric_tags("val_acc")  # declared up front, in order
+        names = [m["name"] for m in experiment["metricInfos"]]
+        metrics = [(n.get("group", ""), n["tag"]) for n in names]
+        declared = [(group, tag) for group, tag, _ in hparams.metric_names("val_acc")]
+        assert metrics == declared  # up front, in order, each read from its split's run
+        assert metrics[0] == ("validation", "curves/accuracy")
         infos = {h["name"]: h for h in experiment["hparamInfos"]}
-        assert infos["optimizer"]["differs"] and infos["trainer.seed"]["differs"]
-        assert not infos["model"]["differs"] and infos["model.hidden"]["type"] == "DATA_TYPE_STRING"
+        # The columns: the swept keys, in the order typed (the constant ones stay in values)
+        assert list(infos) == ["optimizer", "trainer.seed"]
+        assert all(h["differs"] for h in infos.values())
+        assert infos["trainer.seed"]["displayName"] == "seed"
 
         request = {
             "experimentName": "",
             "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE"],
-            "colParams": [{"metric": {"tag": tag}} for tag in metrics],
+            "colParams": [{"metric": {"group": g, "tag": t}} for g, t in metrics],
             "startIndex": 0,
             "sliceSize": 100,
         }
         groups = post("/data/plugin/hparams/session_groups", request)["sessionGroups"]
-        assert sorted(g["name"] for g in groups) == jobs
+        # Each trial is named by its swept values (its folder, or the values and the sweep)
+        assert len(groups) == len(jobs)
         for group in groups:
-            job_dir = sweep_dir / group["name"]
+            job_dir = sweep_dir / group["sessions"][0]["name"]
+            seed = int(group["hparams"]["trainer.seed"])
+            swept = f"optimizer={group['hparams']['optimizer']},seed={seed}"
+            assert group["name"].split(" · ")[0] == swept  # not data.root=...,optimizer=...
             history = job_history(job_dir)
             summary = json.loads((job_dir / "summary.json").read_text())
-            assert set(group["hparams"]) == set(infos)  # the same key set in every job
+            assert set(infos) < set(group["hparams"])  # all its values; swept ones as columns
             assert group["hparams"]["optimizer"] in group["name"]
             assert f"seed={int(group['hparams']['trainer.seed'])}" in group["name"]
             assert group["hparams"]["model.hidden"] == "[64]"  # a list, as text
             assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
-            values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-            assert values["acc/val"] == pytest.approx(history[-1]["val_acc"], abs=1e-6)
-            assert values["best/val_acc"] == pytest.approx(max(h["val_acc"] for h in history))
-            assert values["acc/test"] == pytest.approx(summary["test"]["acc"], abs=1e-6)
+            values = {
+                (m["name"].get("group", ""), m["name"]["tag"]): m["value"]
+                for m in group["metricValues"]
+            }
+            accuracy = "curves/accuracy"
+            assert values["validation", accuracy] == pytest.approx(history[-1]["val_acc"], abs=1e-6)
+            assert values["train", accuracy] == pytest.approx(history[-1]["train_acc"], abs=1e-6)
+            best = max(h["val_acc"] for h in history)
+            assert values["", "summary/best_val_acc"] == pytest.approx(best, abs=1e-6)
+            assert values["test", accuracy] == pytest.approx(summary["test"]["acc"], abs=1e-6)
 
-        run = urllib.parse.quote(jobs[0])
-        points = get(f"/data/plugin/scalars/scalars?run={run}&tag=loss/val")
-        assert [step for _, step, _ in points] == [1, 2]  # type: ignore[union-attr]
+        run = urllib.parse.quote(f"{jobs[0]}/validation")
+        points = get(f"/data/plugin/scalars/scalars?run={run}&tag=curves/loss")
+        steps = [int(row["step"]) for row in read_csv(sweep_dir / jobs[0] / "metrics.csv")]
+        assert [step for _, step, _ in points] == steps  # type: ignore[union-attr]
         val_loss = job_history(sweep_dir / jobs[0])[-1]["val_loss"]  # metrics.csv: 6 digits
         assert points[-1][2] == pytest.approx(val_loss, rel=1e-5)  # type: ignore[index]
     finally:

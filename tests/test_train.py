@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.custom_scalar import layout_pb2
 
 from trainkit.experiment import build_model, run
 
 from .conftest import GROUP_OPTIONS, compose_config, small_overrides
+from .tensorboard_events import events, scalar_tags, scalars, texts
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:
@@ -102,26 +101,7 @@ def test_run_writes_curves_summary_and_checkpoints(fmnist_slice: Path, tmp_path:
     assert on_disk["best"]["epoch"] == best["epoch"]
     assert on_disk["train_samples_per_s"] > 0 and on_disk["wall_time_s"] > 0
 
-    # TensorBoard's own reader sees the curves, with the values of metrics.csv.
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"loss/train", "loss/val", "acc/train", "acc/val", "lr"} <= tags
-    for tag, column in [
-        ("loss/train", "train_loss"),
-        ("loss/val", "val_loss"),
-        ("acc/val", "val_acc"),
-        ("lr", "lr"),
-    ]:
-        points = events.Scalars(tag)
-        assert [p.step for p in points] == [1, 2, 3]
-        assert [p.value for p in points] == pytest.approx([r[column] for r in rows], rel=1e-4)
-    assert events.Scalars("acc/test")[0].value == pytest.approx(summary["test"]["acc"])
-    # The custom-scalars layout puts train and val on one chart.
-    proto = events.Tensors("custom_scalars__config__")[0].tensor_proto
-    layout = layout_pb2.Layout.FromString(proto.string_val[0])
-    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts == {"loss": ["loss/train", "loss/val"], "accuracy": ["acc/train", "acc/val"]}
+    assert_tensorboard_layout(tmp_path, rows, summary)
 
     # Checkpoints load with weights_only and rebuild the model that scored the test accuracy.
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
@@ -139,6 +119,42 @@ def test_run_writes_curves_summary_and_checkpoints(fmnist_slice: Path, tmp_path:
         == [{k: pytest.approx(v) for k, v in row.items()} for row in last["fit"]["history"]]
         and len(last["fit"]["history"]) == 3
     )
+
+
+def assert_tensorboard_layout(run_dir: Path, rows: list[dict], summary: dict) -> None:
+    """TensorBoard's own reader sees Keras's layout: train, validation and test runs beside the
+    run's own, each with curves/loss and curves/accuracy (one chart per metric), every point on
+    the optimizer-step axis, with the values of metrics.csv."""
+    epoch_steps = [10, 20, 30]
+    for split, column in (("train", "train"), ("validation", "val")):
+        assert scalar_tags(run_dir / split) == {"curves/loss", "curves/accuracy"}
+        for kind, key in (("loss", "loss"), ("accuracy", "acc")):
+            points = scalars(run_dir / split, f"curves/{kind}")
+            assert [step for step, _ in points] == epoch_steps  # the step each epoch ended
+            expected = [r[f"{column}_{key}"] for r in rows]
+            assert [v for _, v in points] == pytest.approx(expected, rel=1e-4)
+    # The test score: one point at the last step, on the same charts.
+    ((step, test_acc),) = scalars(run_dir / "test", "curves/accuracy")
+    assert step == 30 and test_acc == pytest.approx(summary["test"]["acc"])
+    best = scalars(run_dir, "summary/best_val_acc")  # the best so far, each epoch
+    assert [step for step, _ in best] == epoch_steps
+    expected = [max(r["val_acc"] for r in rows[: i + 1]) for i in range(3)]
+    assert [v for _, v in best] == pytest.approx(expected, rel=1e-4)
+
+    own = scalar_tags(run_dir)
+    # Headline charts first: every other group sorts after curves/ (TensorBoard sorts by tag).
+    groups = {tag.split("/")[0] for tag in own} | {"curves"}
+    assert sorted(groups)[0] == "curves" and "diagnostics" in groups
+    schedule = {t for t in own if t.endswith(("lr", "momentum"))}
+    assert schedule == {"schedule/lr", "schedule/momentum"}  # each once (Adam's beta1)
+    lr = scalars(run_dir, "schedule/lr")  # the lr each sampled step used: cosine, from 1e-3
+    assert [step for step, _ in lr] == [1, *range(2, 31, 2)]  # step 1, then a quarter epoch
+    assert lr[0][1] == pytest.approx(1e-3) and lr[-1][1] < lr[1][1] < lr[0][1]
+    assert "custom_scalars__config__" not in events(run_dir).Tags()["tensors"]
+    # TEXT: one entry, the verdict first.
+    entries = texts(run_dir)
+    assert list(entries) == ["verdict"] and len(entries["verdict"]) == 1
+    assert entries["verdict"][0].startswith(f"**{summary['diagnosis']['verdict']}**")
 
 
 def test_step_schedule_halves_the_lr_each_epoch(fmnist_slice: Path, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import checkpoint, hparams, runtime
+from trainkit.hparams import HEADLINE
+from trainkit.run_dirs import SPLIT_RUNS
 from trainkit.schedule import current_momentum
 
 if TYPE_CHECKING:
@@ -38,9 +40,28 @@ class Callback:
     def load_state_dict(self, saved: dict, state: FitState) -> None: ...
 
 
+# SPLIT_RUNS: TensorBoard runs in a run's folder (Keras's convention), the same tags in each,
+# so TensorBoard draws train, validation and test of one metric on one chart, one per run.
+
+
+def sample_every(configured: int, steps_per_epoch: int) -> int:
+    """Steps between two samples of a per-step signal: the configured period, or a quarter of an
+    epoch when that is shorter, so that every run, however short, shows at least four points per
+    epoch (a 16-step epoch: every 4 steps) while a long one costs no more than configured."""
+    return max(1, min(configured, steps_per_epoch // 4))
+
+
+def is_sampled(step: int, every: int) -> bool:
+    """Step 1 (the start of every curve) and each multiple of `every`."""
+    return step == 1 or step % every == 0
+
+
 class TensorBoardLogger(Callback):
-    """Epoch curves under loss/*, acc/* and lr (x axis: epoch), train and val on one chart;
-    the run's hparams and its outcome for the HPARAMS tab (hparams.py)."""
+    """The run's TensorBoard data, every point on the optimizer-step axis (an epoch's metrics at
+    the step that ended it). Loss and accuracy under curves/, written by sibling writers in
+    train/, validation/ and test/ (SPLIT_RUNS) so one chart overlays them; the lr under
+    schedule/; one text entry per run (the verdict); the hparams and outcome for the HPARAMS
+    tab (hparams.py). Per-layer diagnostics go to `writer` under diagnostics/ (diagnostics.py)."""
 
     def __init__(
         self,
@@ -53,73 +74,91 @@ class TensorBoardLogger(Callback):
         resumed: bool = False,
     ) -> None:
         self.writer = SummaryWriter(log_dir=str(run_dir))
-        self.resumed = resumed  # the layout, config and hparams are in the run's first file
+        self.splits = {
+            split: SummaryWriter(log_dir=str(run_dir / name)) for split, name in SPLIT_RUNS.items()
+        }
+        self.resumed = resumed  # the hparams records are in the run's first file
         self.config_yaml = config_yaml
         self.optimizer = optimizer
         self.every_n_steps = every_n_steps
+        self.every = every_n_steps
         self.hparams = run_hparams
         self.monitor = monitor
 
     def on_fit_start(self, state: FitState) -> None:
+        self.every = sample_every(self.every_n_steps, state.steps_per_epoch)
         if self.resumed:
             return
-        swept = hparams.swept_keys(Path(self.writer.log_dir))
-        hparams.write_start(self.writer, self.hparams, self.monitor, swept)
-        # TensorBoard charts one tag each; the custom-scalars layout overlays train and val.
-        self.writer.add_custom_scalars(
-            {
-                "curves": {
-                    "loss": ["Multiline", ["loss/train", "loss/val"]],
-                    "accuracy": ["Multiline", ["acc/train", "acc/val"]],
-                }
-            }
-        )
-        self.writer.add_text("config", f"```yaml\n{self.config_yaml}\n```", 0)
+        run_dir = Path(self.writer.log_dir)
+        hparams.write_start(self.writer, self.hparams, self.monitor, run_dir)
+
+    # The lr (and momentum) each sampled step used: read before that step, as the schedule
+    # moves it on right after a step (per step) or an epoch (per epoch).
+    def on_epoch_start(self, state: FitState) -> None:
+        if state.progress is None and is_sampled(state.step + 1, self.every):  # a fresh epoch
+            self.write_schedule(state.step + 1)
 
     def on_step_end(self, state: FitState) -> None:
-        # Per-step schedules change within an epoch: sample them on the optimizer-step axis.
-        if state.step % self.every_n_steps == 0:
-            self.writer.add_scalar("schedule/lr", self.optimizer.param_groups[0]["lr"], state.step)
-            momentum = current_momentum(self.optimizer)
-            if not math.isnan(momentum):
-                self.writer.add_scalar("schedule/momentum", momentum, state.step)
+        last_of_epoch = state.step % state.steps_per_epoch == 0  # on_epoch_start writes then
+        if not last_of_epoch and is_sampled(state.step + 1, self.every):
+            self.write_schedule(state.step + 1)
+
+    def write_schedule(self, step: int) -> None:
+        self.writer.add_scalar("schedule/lr", self.optimizer.param_groups[0]["lr"], step)
+        momentum = current_momentum(self.optimizer)
+        if not math.isnan(momentum):
+            self.writer.add_scalar("schedule/momentum", momentum, step)
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
-        epoch = metrics["epoch"]
+        step = metrics["step"]
         for split in ("train", "val"):
-            self.writer.add_scalar(f"loss/{split}", metrics[f"{split}_loss"], epoch)
-            self.writer.add_scalar(f"acc/{split}", metrics[f"{split}_acc"], epoch)
-        self.writer.add_scalar("lr", metrics["lr"], epoch)
-        if not math.isnan(metrics["momentum"]):
-            self.writer.add_scalar("momentum", metrics["momentum"], epoch)
-        self.writer.add_scalar("perf/samples_per_s", metrics["samples_per_s"], epoch)
-        for key, tag in [("l1", "loss/l1"), ("l2", "loss/l2"), ("grad_norm", "grad_norm/preclip")]:
-            if key in metrics:  # only when that regularizer is on
-                self.writer.add_scalar(tag, metrics[key], epoch)
-        self.writer.flush()
+            self.write_split(split, metrics[f"{split}_loss"], metrics[f"{split}_acc"], step)
+        for key in ("l1", "l2"):  # only when that penalty is on
+            if key in metrics:
+                self.splits["train"].add_scalar(f"{HEADLINE}/loss_{key}", metrics[key], step)
+        if "grad_norm" in metrics:  # clipping on: the epoch's mean norm before clipping
+            self.writer.add_scalar("diagnostics/grad_norm/preclip", metrics["grad_norm"], step)
+        self.writer.add_scalar("perf/samples_per_s", metrics["samples_per_s"], step)
+        # A curve (the best so far at each epoch), not a lone point: the HPARAMS tab reads it.
+        best = state.best if state.best is not None else metrics
+        self.writer.add_scalar(hparams.best_tag(self.monitor), best[self.monitor], step)
+        for writer in (self.writer, *self.splits.values()):
+            writer.flush()
+
+    def write_split(self, split: str, loss: float, acc: float, step: int) -> None:
+        writer = self.splits[split]
+        writer.add_scalar(f"{HEADLINE}/loss", loss, step)
+        writer.add_scalar(f"{HEADLINE}/accuracy", acc, step)
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
-        self.writer.add_text("stop_reason", summary["stop_reason"], state.epoch)
-        diagnosis = summary["diagnosis"]
-        advice = "\n".join(f"- {a}" for a in diagnosis["advice"])
-        evidence = "\n".join(f"- {k}: {v:.4g}" for k, v in diagnosis["evidence"].items())
-        self.writer.add_text(
-            "verdict",
-            f"**{diagnosis['verdict']}**\n\n{evidence}\n\nworth trying:\n{advice}",
-            state.epoch,
-        )
         if math.isfinite(summary["test"]["acc"]):
-            self.writer.add_scalar("loss/test", summary["test"]["loss"], state.epoch)
-            self.writer.add_scalar("acc/test", summary["test"]["acc"], state.epoch)
-        if summary["best"] is not None:
-            best = summary["best"][self.monitor]
-            self.writer.add_scalar(f"best/{self.monitor}", best, summary["best"]["epoch"])
+            # One point at the run's last step, on the chart beside train and validation.
+            self.write_split("test", summary["test"]["loss"], summary["test"]["acc"], state.step)
+        self.writer.add_text("verdict", verdict_text(summary, self.config_yaml), state.step)
         self.close(summary["status"])
 
     def close(self, status: str) -> None:
         """End the HPARAMS session with how the run ended, and flush everything to disk."""
         hparams.write_end(self.writer, status)
-        self.writer.close()
+        for writer in (self.writer, *self.splits.values()):
+            writer.close()
+
+
+def verdict_text(summary: dict, config_yaml: str) -> str:
+    """The run's one TEXT entry, the verdict first: the evidence, what to try, how the run
+    ended, its test score and warnings, then the config."""
+    diagnosis = summary["diagnosis"]
+    evidence = "\n".join(f"- {k}: {v:.4g}" for k, v in diagnosis["evidence"].items())
+    advice = "\n".join(f"- {a}" for a in diagnosis["advice"])
+    lines = [f"**{diagnosis['verdict']}**", evidence, f"worth trying:\n{advice}",
+             f"stopped: {summary['stop_reason']}"]  # fmt: skip
+    test = summary["test"]
+    if math.isfinite(test["acc"]):
+        lines.append(f"test: accuracy {test['acc']:.4f}, loss {test['loss']:.4f}")
+    if summary.get("alerts"):
+        lines.append("warnings: " + ", ".join(summary["alerts"]) + " (see warnings/)")
+    lines.append(f"config:\n\n```yaml\n{config_yaml}\n```")
+    return "\n\n".join(lines)
 
 
 class CSVLogger(Callback):

@@ -1,9 +1,10 @@
 """Training-dynamics diagnostics: make vanishing and exploding gradients visible.
 
-Every `total_norm_every_n_steps` optimizer steps (10): the total gradient norm (kept on the
-device, written to TensorBoard once per `every_n_steps`, so no per-step sync; every step would
-cost the MLP ~8% of its step time). Every `every_n_steps` steps, per layer (each module
-that owns a weight; tags use its name, e.g. grad_norm/net.fc1):
+Every tag is under diagnostics/, so that TensorBoard lists the loss and accuracy charts
+(curves/) first. Sampled at step 1 and then every `every` steps, where `every` is
+`every_n_steps` or a quarter of an epoch when that is shorter (callbacks.sample_every): a short
+run shows every signal too. Per layer (each module that owns a weight; tags use its name, e.g.
+diagnostics/grad_norm/net.fc1):
   grad_norm/<layer>     ||dL/dW||
   weight_norm/<layer>   ||W||
   update_ratio/<layer>  ||W_t - W_t-1|| / ||W_t-1||, the relative size of one step (~1e-3 is
@@ -11,10 +12,13 @@ that owns a weight; tags use its name, e.g. grad_norm/net.fc1):
   act_mean/<layer>, act_std/<layer>, dead_frac/<layer>
                         statistics of each activation module's output; dead units are outputs
                         that are <= 0 for every sample of the batch (dead ReLUs)
-Histograms of weights and gradients every `histograms_every_n_epochs` epochs, in
-HISTOGRAM_BINS equal bins (write_histogram).
+The total gradient norm, grad_norm/total, at step 1 and every `total_norm_every_n_steps` (at
+most `every`) steps: kept on the device and written at each sample, so no per-step sync (a sync
+every step would cost the MLP ~8% of its step time). Histograms of weights and gradients
+(weights/<layer>, grads/<layer>) every `histograms_every_n_epochs` epochs, at the epoch's last
+step, in HISTOGRAM_BINS equal bins (write_histogram).
 
-Alerts (printed once each, and written to TensorBoard text):
+Alerts (printed once each, and written to TensorBoard text as warnings/<kind>):
   vanishing   first layer's gradient norm < vanishing_ratio x the last layer's
   exploding   total gradient norm not finite, or > exploding_factor x its median so far
 """
@@ -30,13 +34,14 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from trainkit.callbacks import Callback
+from trainkit.callbacks import Callback, is_sampled, sample_every
 from trainkit.console import warn
 from trainkit.loop import FitState
 from trainkit.models import ACTIVATIONS
 
 ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
 HISTOGRAM_BINS = 64  # TensorBoard's histogram view re-bins to ~30 anyway
+PREFIX = "diagnostics"
 
 
 def write_histogram(writer: SummaryWriter, tag: str, values: torch.Tensor, step: int) -> None:
@@ -81,8 +86,8 @@ class Diagnostics(Callback):
     def __init__(self, cfg: DictConfig, model: nn.Module, writer: SummaryWriter) -> None:
         self.cfg = cfg
         # Read per step: plain ints, not config lookups (~10 us each, ~1% of an MLP step).
-        self.every = cfg.every_n_steps
-        self.norm_every = cfg.total_norm_every_n_steps
+        self.every = cfg.every_n_steps  # set for the run's epoch length at its start
+        self.norm_every = min(cfg.total_norm_every_n_steps, self.every)
         self.model = model
         self.writer = writer
         self.layers = weighted_layers(model)
@@ -94,37 +99,50 @@ class Diagnostics(Callback):
         self.activations: dict[str, dict[str, torch.Tensor]] = {}
         self.alerted: set[str] = set()
 
+    def set_period(self, state: FitState) -> None:
+        self.every = sample_every(self.cfg.every_n_steps, state.steps_per_epoch)
+        self.norm_every = min(self.cfg.total_norm_every_n_steps, self.every)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.set_period(state)
+        if state.step == 0:  # step 1 is sampled
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Before a sampled step: keep the weights (for the update ratio), watch activations."""
+        self.previous = {n: m.weight.detach().clone() for n, m in self.layers.items()}
+        self.unwatch_activations()  # once only, were it asked twice (a resume at step 0)
+        self.watch_activations()
+
     # -- every step: cheap, on the device
     def on_step_end(self, state: FitState) -> None:
-        if state.step % self.norm_every == 0:
+        if is_sampled(state.step, self.norm_every):
             grads = [p.grad for p in self.trainable if p.grad is not None]
             if grads:
                 self.total_norms.append((state.step, nn.utils.get_total_norm(grads)))
-        every = self.every
-        if state.step % every == 0:
+        if is_sampled(state.step, self.every):
             self.sample(state.step)
-        if (state.step + 1) % every == 0:  # the next step is sampled: prepare to watch it
-            self.previous = {n: m.weight.detach().clone() for n, m in self.layers.items()}
-            self.watch_activations()
+        if is_sampled(state.step + 1, self.every):  # the next step is sampled: watch it
+            self.prepare()
 
     def sample(self, step: int) -> None:
-        w = self.writer
+        w, p = self.writer, PREFIX
         self.write_total_norms(step)
         grad_norms = {}
         for name, layer in self.layers.items():
             weight = layer.weight.detach()
-            w.add_scalar(f"weight_norm/{name}", weight.norm().item(), step)
+            w.add_scalar(f"{p}/weight_norm/{name}", weight.norm().item(), step)
             if layer.weight.grad is not None:
                 grad_norms[name] = layer.weight.grad.norm().item()
-                w.add_scalar(f"grad_norm/{name}", grad_norms[name], step)
+                w.add_scalar(f"{p}/grad_norm/{name}", grad_norms[name], step)
             if name in self.previous:
                 before = self.previous[name]
                 ratio = (weight - before).norm() / before.norm().clamp_min(1e-12)
-                w.add_scalar(f"update_ratio/{name}", ratio.item(), step)
+                w.add_scalar(f"{p}/update_ratio/{name}", ratio.item(), step)
         self.previous = {}
         for name, stats in self.activations.items():
             for key, value in stats.items():
-                w.add_scalar(f"{key}/{name}", value.item(), step)
+                w.add_scalar(f"{p}/{key}/{name}", value.item(), step)
         self.unwatch_activations()
         self.check_vanishing(step, grad_norms)
 
@@ -132,7 +150,7 @@ class Diagnostics(Callback):
         """The total gradient norms kept on the device since the last write, read in one sync."""
         norms = self.pending_norms()
         for at, value in norms:
-            self.writer.add_scalar("grad_norm/total", value, at)
+            self.writer.add_scalar(f"{PREFIX}/grad_norm/total", value, at)
         self.total_norms = []
         self.check_exploding(step, [value for _, value in norms])
 
@@ -202,7 +220,7 @@ class Diagnostics(Callback):
             return
         self.alerted.add(kind)
         warn(message)
-        self.writer.add_text(f"alerts/{kind}", message, step)
+        self.writer.add_text(f"warnings/{kind}", message, step)
 
     # -- histograms, and every total norm of the epoch written by its end
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
@@ -210,9 +228,10 @@ class Diagnostics(Callback):
         every = self.cfg.histograms_every_n_epochs
         if every and state.epoch % every == 0:
             for name, layer in self.layers.items():
-                write_histogram(self.writer, f"weights/{name}", layer.weight, state.epoch)
+                write_histogram(self.writer, f"{PREFIX}/weights/{name}", layer.weight, state.step)
                 if layer.weight.grad is not None:
-                    write_histogram(self.writer, f"grads/{name}", layer.weight.grad, state.epoch)
+                    grad = layer.weight.grad
+                    write_histogram(self.writer, f"{PREFIX}/grads/{name}", grad, state.step)
 
     def on_fit_end(self, state: FitState, summary: dict) -> None:
         self.unwatch_activations()
@@ -228,6 +247,6 @@ class Diagnostics(Callback):
         self.total_norms = [(at, torch.tensor(v, device=device)) for at, v in pending]
         self.norm_history.extend(saved["norm_history"])
         self.alerted = set(saved["alerted"])
-        if (state.step + 1) % self.cfg.every_n_steps == 0:  # it stopped just before a sample
-            self.previous = {n: m.weight.detach().clone() for n, m in self.layers.items()}
-            self.watch_activations()
+        self.set_period(state)
+        if is_sampled(state.step + 1, self.every):  # it stopped just before a sample
+            self.prepare()

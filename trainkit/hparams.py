@@ -24,12 +24,16 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
+from trainkit.config import shorten_aliases
+from trainkit.run_dirs import SPLIT_RUNS
+
 GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "regularization", "augment",
           "trainer")  # fmt: skip
 CORE_KEYS = ("optimizer.lr", "trainer.batch_size", "trainer.epochs", "trainer.seed")
 # Overrides that say where things are, not how training goes.
 NOT_HPARAMS = ("data.root", "data.download", "trainer.device", "trainer.overwrite")
 
+HEADLINE = "curves"  # loss and accuracy: curves/loss sorts before diagnostics/, schedule/, ...
 STATUS = {
     "completed": api_pb2.STATUS_SUCCESS,
     "failed": api_pb2.STATUS_FAILURE,
@@ -37,10 +41,18 @@ STATUS = {
 }
 
 
-def metric_tags(monitor: str) -> list[str]:
-    """Scalar tags the HPARAMS tab shows for each job (it reads each tag's last value)."""
-    return ["acc/val", "loss/val", "acc/train", "loss/train", "acc/test", "loss/test",
-            f"best/{monitor}"]  # fmt: skip
+def best_tag(monitor: str) -> str:
+    """The monitored metric's best so far, a curve in the run's own folder (callbacks.py)."""
+    return f"summary/best_{monitor}"
+
+
+def metric_names(monitor: str) -> list[tuple[str, str, str]]:
+    """(group, tag, column title) of each metric the HPARAMS tab shows for a job: the last value
+    of `tag` in the TensorBoard run `<job>/<group>` (Keras's layout: train/, validation/, test/
+    beside the job's own records; "" is the job's own folder)."""
+    splits = [(SPLIT_RUNS[split], f"{HEADLINE}/{kind}", f"{split} {kind}")
+              for split in ("val", "train", "test") for kind in ("accuracy", "loss")]  # fmt: skip
+    return [*splits, ("", best_tag(monitor), f"best {monitor}")]
 
 
 def group_choices(run_dir: Path | None = None) -> dict[str, Any]:
@@ -74,20 +86,21 @@ def key_of(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
 
 
-def swept_keys(run_dir: Path) -> set[str]:
-    """The keys a sweep varies, from the multirun.yaml Hydra wrote into the sweep dir before its
-    first job (the same answer in every job): sweep overrides and a sweeper's own params."""
+def swept_keys(run_dir: Path) -> list[str]:
+    """The keys a sweep varies, in the order typed, from the multirun.yaml Hydra wrote into the
+    sweep dir before its first job (the same answer in every job): sweep overrides and a
+    sweeper's own params."""
     path = run_dir.parent / "multirun.yaml"
     if not path.is_file():
-        return set()
+        return []
     multirun = OmegaConf.load(path)
     overrides = [str(o) for o in OmegaConf.select(multirun, "hydra.overrides.task", default=[])]
     params = OmegaConf.select(multirun, "hydra.sweeper.params", default=None) or {}
     parsed = OverridesParser.create().parse_overrides(overrides)
-    keys = {
+    keys = [
         key_of(text) for o, text in zip(parsed, overrides, strict=True) if o.is_sweep_override()
-    }
-    return keys | {str(k) for k in params}
+    ]
+    return list(dict.fromkeys([*keys, *(str(k) for k in params)]))
 
 
 def normalize(value: Any) -> bool | float | str:
@@ -98,22 +111,51 @@ def normalize(value: Any) -> bool | float | str:
     return json.dumps(value)  # None -> "null", lists and dicts -> their JSON text
 
 
-def write_start(writer: SummaryWriter, hparams: dict, monitor: str, swept: set[str]) -> None:
-    """Declare the experiment (hparams and metrics) and start this job's session. `differs`
-    marks the swept keys, the columns TensorBoard shows first."""
+def write_start(writer: SummaryWriter, hparams: dict, monitor: str, run_dir: Path) -> None:
+    """Declare the experiment (hparams and metrics) and start this job's session.
+
+    In a sweep the declared columns are the swept keys, marked `differs` (TensorBoard shows the
+    first five such columns), and the trial is named by their values (`optimizer=sgd,lr=0.1 ·
+    <sweep folder>`: the folder keeps two sweeps with the same values in one logdir apart).
+    The keys the sweep holds constant stay in each session's values, not in the columns. A lone
+    run declares every key."""
+    swept = [key for key in swept_keys(run_dir) if key in hparams]
+    columns = swept or list(hparams)
     infos = [
-        api_pb2.HParamInfo(name=key, type=data_type(value), differs=key in swept)
-        for key, value in hparams.items()
+        api_pb2.HParamInfo(name=key, display_name=shorten_aliases(f"{key}=").rstrip("="),
+                           type=data_type(hparams[key]), differs=key in swept)
+        for key in columns
+    ]  # fmt: skip
+    metrics = [
+        api_pb2.MetricInfo(name=api_pb2.MetricName(group=group, tag=tag), display_name=title)
+        for group, tag, title in metric_names(monitor)
     ]
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags(monitor)]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
-    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    name = trial_name(hparams, swept, run_dir)
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time(), group_name=name)
     for key, value in hparams.items():
         field = {bool: "bool_value", float: "number_value", str: "string_value"}[type(value)]
         setattr(start.hparams[key], field, value)
     write(writer, metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
     write(writer, metadata.SESSION_START_INFO_TAG,
           plugin_data_pb2.HParamsPluginData(session_start_info=start))  # fmt: skip
+
+
+def trial_name(hparams: dict, swept: list[str], run_dir: Path) -> str:
+    """`optimizer=sgd,lr=0.1 · <sweep folder>`, the swept keys as typed; "" outside a sweep or
+    when the job's folder is named so (TensorBoard then names the trial by its folder's path)."""
+    if not swept:
+        return ""
+    values = ",".join(shorten_aliases(f"{key}={as_text(hparams[key])}") for key in swept)
+    if run_dir.name == values:  # the folder says it already, and its path is unique
+        return ""
+    return f"{values} · {run_dir.parent.name}"
+
+
+def as_text(value: bool | float | str) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # epochs=3, not epochs=3.0
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def write_end(writer: SummaryWriter, status: str) -> None:

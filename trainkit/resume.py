@@ -28,6 +28,7 @@ from trainkit.config import compose_config, shorten_aliases
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
 from trainkit.loop import FitState, Training
+from trainkit.run_dirs import SPLIT_RUNS
 
 # Where and how to run may change on resume; what is trained may not.
 CHANGEABLE = ("data.root", "data.download", "trainer.device", "trainer.threads")
@@ -166,7 +167,8 @@ def take_back_later_outputs(run_dir: Path, saved: dict) -> None:
     """Drop what the stopped process logged after the checkpoint was written."""
     epochs_done = len(saved["fit"]["history"])
     keep_csv_rows(run_dir / "metrics.csv", epochs_done)
-    keep_events_until(run_dir, saved["saved_at"])
+    for folder in (run_dir, *(run_dir / name for name in SPLIT_RUNS.values())):
+        keep_events_until(folder, saved["saved_at"])
 
 
 def keep_csv_rows(path: Path, epochs: int) -> None:

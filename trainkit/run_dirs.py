@@ -24,6 +24,8 @@ from trainkit.files import write_error
 LOCK = ".trainkit.lock"
 RUN_FILES = (".hydra", "summary.json", "metrics.csv", "checkpoints", "trainkit.log", "curves.png")
 SWEEP_FILES = ("multirun.yaml", "summary.csv")
+# TensorBoard runs inside a run's folder, one per split (callbacks.TensorBoardLogger).
+SPLIT_RUNS = {"train": "train", "val": "validation", "test": "test"}
 _held: list[int] = []  # this process's locks: open file descriptors
 claimed: list[Path] = []  # the folders they lock, in the order claimed
 
@@ -123,6 +125,8 @@ def clear(folder: Path) -> None:
             path.unlink(missing_ok=True)
     for path in folder.glob("events.out.tfevents.*"):
         path.unlink()
+    for name in SPLIT_RUNS.values():
+        shutil.rmtree(folder / name, ignore_errors=True)
 
 
 def hydra_value(path: Path | str) -> str:
