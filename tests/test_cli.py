@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainkit.cli import preflight
 from trainkit.config import expand_aliases
 
 from .conftest import small_overrides
+from .tensorboard_events import scalar_tags, scalars
 
 TRAINKIT = shutil.which("trainkit", path=str(Path(sys.executable).parent)) or "trainkit"
 
@@ -61,11 +61,9 @@ def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: P
     ]
     for job in jobs:
         assert (job / "metrics.csv").is_file() and (job / "summary.json").is_file()
-        events = EventAccumulator(str(job))
-        events.Reload()
-        assert "loss/val" in events.Tags()["scalars"]
+        assert "curves/loss" in scalar_tags(job / "validation")  # beside train/, one chart
         lr = float(job.name.split("lr=")[1].split(",")[0])
-        assert events.Scalars("lr")[0].value == pytest.approx(lr)
+        assert scalars(job, "schedule/lr")[0] == (1, pytest.approx(lr))  # the lr step 1 used
 
 
 BAD_INPUTS = [

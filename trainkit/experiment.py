@@ -282,7 +282,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
         if pictures:
             figure = plots.confusion_figure(matrix, dataset.class_names)
-            tensorboard.writer.add_figure("confusion_matrix", figure, state.epoch)
+            tensorboard.writer.add_figure("test/confusion_matrix", figure, state.step)
             plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["status"] = "completed" if diverged is None else "failed"
     summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None,
@@ -348,7 +348,7 @@ def preview_augmentation(dataset: data.Data, training: Training, tb: TensorBoard
         augmented = training.augment(originals)
     for tag, images in (("originals", originals.float()), ("samples", augmented)):
         grid = torchvision.utils.make_grid(images / 255, nrow=8, pad_value=1.0)
-        tb.writer.add_image(f"augment/{tag}", grid, 0)
+        tb.writer.add_image(f"inputs/{tag}", grid, 0)  # step 0: before training
 
 
 def stop_interrupted(
