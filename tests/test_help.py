@@ -238,3 +238,16 @@ def test_home_in_a_path_reaches_the_run(tmp_path: Path) -> None:
     result = trainkit("evaluate", "ckpt=~/nothing", cwd=tmp_path, env={"HOME": str(home)})
     assert result.returncode == 2
     assert result.stderr.startswith(f"trainkit evaluate: error: checkpoint {home}/nothing does")
+
+
+def test_the_command_table_names_each_jobs_own_arguments() -> None:
+    """An argument a job function takes but the table leaves out would reach Hydra as an
+    unknown key (keep=epochs: no such config key), and its help would not name it."""
+    import inspect
+
+    from trainkit.cli import load
+
+    for command in COMMANDS.values():
+        if not command.handler:
+            parameters = list(inspect.signature(load(command.target)).parameters)[2:]
+            assert tuple(parameters) == command.own_keys, command.name

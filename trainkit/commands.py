@@ -45,15 +45,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command(
         "evaluate", "trainkit.evaluation:evaluate_checkpoint",
         "score a run's checkpoint on the test set (or val)",
-        "trainkit evaluate ckpt=<run dir or .pt> [split=test|val] [overrides]",
+        "trainkit evaluate ckpt=<run dir or .pt> [split=test|val] [weights=last|best] [overrides]",
         "Rebuilds the model, data split, normalization and loss from the checkpoint's own config "
         "and scores it; prints loss, accuracy and the confusion matrix. Only data.root, "
         "data.download, device and trainer.eval_batch_size are taken from the command line.",
-        (("ckpt=PATH", "a run folder (its checkpoints/best.pt) or a checkpoint file"),
+        (("ckpt=PATH", "a run folder or a checkpoint file"),
          ("split=test|val", "the split to score (default test, with the run's test-time views)"),
+         ("weights=last|best", "of a run folder: last.pt, the weights of the run's own test "
+          "score (default), or best.pt, the epoch with the best trainer.monitor"),
          ("[overrides]", "data.root=DIR, device=cpu, trainer.eval_batch_size=N")),
         ("trainkit evaluate ckpt=outputs/2024-05-01/12-00-00",
-         "trainkit evaluate ckpt=outputs/2024-05-01/12-00-00/checkpoints/last.pt split=val"),
+         "trainkit evaluate ckpt=outputs/2024-05-01/12-00-00 weights=best split=val"),
         outputs="outputs/evaluate/<date>/<time>/evaluation.json",
     ),
     Command(
@@ -97,11 +99,15 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command(
         "learning-curve", "trainkit.learning_curve:learning_curve",
         "one run per training-set size: loss vs size, with a verdict",
-        "trainkit learning-curve [sizes=a,b,...] [overrides]",
+        "trainkit learning-curve [sizes=a,b,...] [keep=steps|epochs] [steps=N] [overrides]",
         "Trains once per training-set size, plots final train and val loss against size "
         "(learning_curve.png) and says whether more data would still help.",
         (("sizes=a,b", "counts (> 1) or fractions (<= 1) of the training set "
-          "(default 0.05,0.1,0.25,0.5,1.0)"), OVERRIDES),
+          "(default 0.05,0.1,0.25,0.5,1.0)"),
+         ("keep=steps|epochs", "steps (default): every size trains the same number of optimizer "
+          "steps; epochs: trainer.epochs for every size (cheaper; small sizes train less)"),
+         ("steps=N", "the steps each size trains (default: those of the largest size)"),
+         OVERRIDES),
         ("trainkit learning-curve sizes=1000,4000,16000",
          "trainkit learning-curve model=mlp epochs=3"),
         outputs="outputs/learning-curve/<date>/<time>/",
