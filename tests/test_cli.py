@@ -3,6 +3,7 @@ with exit code 2 for each kind of bad input."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,9 +32,11 @@ def trainkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_a_run_writes_its_folder_and_prints_one_line_per_epoch(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
-    result = trainkit(*small_overrides(fmnist_slice), cwd=tmp_path)
+    result = trainkit(*small_overrides(fmnist_slice), "lr=0.002", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    (run_dir,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>_<overrides>
+    assert run_dir.name.endswith(",lr=0.002") and ",epochs=2," in run_dir.name
+    assert "data.root" not in run_dir.name  # a path would nest folders
     names = {p.name for p in run_dir.iterdir()}
     assert {".hydra", "metrics.csv", "summary.json", "checkpoints", "trainkit.log"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
@@ -42,22 +45,35 @@ def test_a_run_writes_its_folder_and_prints_one_line_per_epoch(
     epoch_lines = [ln for ln in result.stdout.splitlines() if ln.startswith("epoch ")]
     assert [ln.split()[1] for ln in epoch_lines] == ["1/2", "2/2"]
     assert "\r" not in result.stdout and "│ test " in result.stdout
+    # A short header, not the config tree: the folder, what was asked, data, model, device
+    lines = result.stdout.splitlines()
+    header = lines[: lines.index(epoch_lines[0])]
+    assert len(header) <= 15 and "_target_" not in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert header[0] == f"trainkit run in {run_dir.relative_to(tmp_path)}"
+    assert header[1].split("overrides: ")[1].endswith("model=mlp model.hidden=[64] lr=0.002")
+    assert f"{summary['parameters']:,} parameters" in header[3]
+    assert "1,000 train / 200 val / 400 test images of 1x28x28, 10 classes" in header[2]
+    assert "2 epochs of 10 steps (batch 100) on cpu" in header[4]
+    assert sum("verdict:" in line for line in lines) == 1
+    assert "completed 2 epochs in " in result.stdout
 
 
 def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: Path) -> None:
     # Not lr=0.1: Adam diverges at it (test_untrusted.py)
-    args = ["-m", "optimizer=sgd,adam", "lr=0.01,0.001", *small_overrides(fmnist_slice), "epochs=1"]
+    args = ["-m", "optimizer=sgd,adam", "lr=0.01,0.001", *small_overrides(fmnist_slice)]
     result = trainkit(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # 4 jobs of 2 epochs: a few lines each, then the table that compares them
+    assert len((result.stdout + result.stderr).splitlines()) <= 100
+    assert result.stdout.count("verdict: ") == 4 and "│ test " not in result.stdout
     jobs = sorted(p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
-    swept = sorted(
-        ",".join(x for x in p.name.split(",") if x.startswith(("lr=", "optimizer="))) for p in jobs
-    )
-    assert swept == [
-        "lr=0.001,optimizer=adam",
-        "lr=0.001,optimizer=sgd",
-        "lr=0.01,optimizer=adam",
-        "lr=0.01,optimizer=sgd",
+    # The swept keys alone, in the order typed (the keys every job shares are left out)
+    assert [p.name for p in jobs] == [
+        "optimizer=adam,lr=0.001",
+        "optimizer=adam,lr=0.01",
+        "optimizer=sgd,lr=0.001",
+        "optimizer=sgd,lr=0.01",
     ]
     for job in jobs:
         assert (job / "metrics.csv").is_file() and (job / "summary.json").is_file()

@@ -537,9 +537,21 @@ def claim_outputs(overrides: list[str], multirun: bool) -> list[str]:
     overwrite = bool(cfg.trainer.overwrite) and not multirun
     folder = run_dirs.claim(Path(str(OmegaConf.select(cfg, key))), named, overwrite, key)
     pins = [f"{key}={run_dirs.hydra_value(folder)}"]
-    if multirun and not job_folders_distinct(overrides, cfg):
-        pins.append("hydra.sweep.subdir=${hydra.job.num}")
+    if multirun:
+        pins.append(shared_keys_left_out(overrides, cfg))
+        if not job_folders_distinct(overrides, cfg):
+            pins.append("hydra.sweep.subdir=${hydra.job.num}")
     return pins
+
+
+def shared_keys_left_out(overrides: list[str], cfg: DictConfig) -> str:
+    """The override that leaves out of job folder names every key whose value all jobs
+    share: lr=0.1,0.01 epochs=3 names its jobs lr=0.1 and lr=0.01."""
+    app = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    parsed = OverridesParser.create().parse_overrides(app)
+    shared = [o.key_or_group for o in parsed if not o.is_sweep_override()]
+    excluded = list(dict.fromkeys([*cfg.hydra.job.config.override_dirname.exclude_keys, *shared]))
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"
 
 
 def job_folders_distinct(overrides: list[str], cfg: DictConfig) -> bool:
@@ -550,20 +562,18 @@ def job_folders_distinct(overrides: list[str], cfg: DictConfig) -> bool:
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     parser = OverridesParser.create()
     longest = []
-    for override, text in zip(parser.parse_overrides(app), app, strict=True):
+    for override in parser.parse_overrides(app):
+        if not override.is_sweep_override():  # shared by all jobs: not in the names
+            continue
         key = override.get_key_element()
         if key in excluded:
-            if override.is_sweep_override():
-                return False
+            return False
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # an interval (Optuna): each trial draws its own value
             continue
-        values = [text.partition("=")[2]]
-        if override.is_sweep_override():
-            try:
-                values = list(override.sweep_string_iterator())
-            except Exception:  # an interval (Optuna): each trial draws its own value
-                continue
-            if len(set(values)) < len(values):
-                return False
+        if len(set(values)) < len(values):
+            return False
         longest.append(f"{key}={max(values, key=len)}")
     return len(shorten_aliases(",".join(longest)).encode()) <= 255
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ class DataConfig:
     name: str = MISSING  # fashion_mnist | cifar10 | image_folder | MNIST, KMNIST, CIFAR100, ...
     root: str | None = None  # folder with the dataset files; None: the system copy, then download
     download: bool = True  # download into root (or ~/.cache/trainkit) when nothing is found
-    val_size: float = 5000  # carved from train: a count (> 1) or a fraction (< 1)
-    train_size: float | None = None  # of what is left: a count (> 1), a fraction (<= 1), None: all
+    # Any, not float: a count stays an integer in the saved config and the header (5000, not
+    # 5000.0); validate() checks that it is a number.
+    val_size: Any = 5000  # carved from train: a count (> 1) or a fraction (< 1)
+    train_size: Any = None  # of what is left: a count (> 1), a fraction (<= 1), None: all
     test_size: int | None = None  # evaluate on the first N test samples; None = all
     split_seed: int = 0  # fixes which samples go to validation, whatever trainer.seed is
     classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 in this order
@@ -363,6 +366,7 @@ class TrainerConfig:
     monitor: str = "val_acc"  # metric that picks best.pt: val_acc (max) or val_loss (min)
     checkpoint_every_n_epochs: int | None = None  # also keep epoch_<n>.pt every n epochs
     overwrite: bool = False  # a run into a folder holding another deletes that run's files
+    verbose: bool = False  # print the whole config tree before the run's header
 
 
 @dataclass
@@ -429,7 +433,8 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
     # --help lists the groups of conf/ through this, leaving out the schema/ groups above.
     OmegaConf.register_new_resolver("trainkit_groups", config_groups_help, replace=True)
-    OmegaConf.register_new_resolver("trainkit_dirname", shorten_aliases, replace=True)
+    OmegaConf.register_new_resolver("trainkit_dirname", folder_name, replace=True)
+    OmegaConf.register_new_resolver("trainkit_run_suffix", run_suffix, replace=True)
 
 
 def config_groups_help() -> str:
@@ -472,6 +477,28 @@ def alias_conflicts(overrides: list[str]) -> list[str]:
             errors.append(f"{' and '.join(spelled)} both set {path} ({alias} is short for it): "
                           "give it once")  # fmt: skip
     return errors
+
+
+def folder_name(overrides: Sequence[str], exclude: Sequence[str], job_num: int = -1) -> str:
+    """A folder name from a job's overrides, in the order typed, with the aliases typed:
+    optimizer=sgd,lr=0.1. The keys in `exclude` are left out: data.root, and in a sweep every
+    key whose value all jobs share (cli.claim_outputs), so that a job's folder names what the
+    sweep varies; a job that would get no name is named by its number. A '/' in a value would
+    nest folders: it becomes '_'."""
+    kept = [str(o) for o in overrides if str(o).partition("=")[0].lstrip("+~") not in exclude]
+    name = shorten_aliases(",".join(kept)).replace("/", "_")
+    return name or (str(job_num) if job_num >= 0 else "")
+
+
+def run_suffix(overrides: Sequence[str], exclude: Sequence[str]) -> str:
+    """A single run's folder: its overrides after the time (13-05-22_lr=0.01,epochs=3), so a
+    list of runs says what each one asked for; nothing when there are none, or when they would
+    make a name longer than a file system takes."""
+    name = folder_name(overrides, exclude)
+    return f"_{name}" if name and len(name.encode()) <= MAX_SUFFIX_BYTES else ""
+
+
+MAX_SUFFIX_BYTES = 200  # of a file system's 255 per folder name, with room for the time
 
 
 def shorten_aliases(overrides: str) -> str:
@@ -522,11 +549,11 @@ def validate(cfg: DictConfig) -> list[str]:
 
     d = cfg.data
     need(
-        d.val_size > 0 and d.val_size != 1,
+        is_number(d.val_size) and d.val_size > 0 and d.val_size != 1,
         "data.val_size must be a count (> 1, e.g. 5000) or a fraction (< 1, e.g. 0.1)",
     )
     need(
-        d.train_size is None or d.train_size > 0,
+        d.train_size is None or (is_number(d.train_size) and d.train_size > 0),
         "data.train_size must be a count (> 1), a fraction (<= 1), or null for all",
     )
     need(d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)")
@@ -600,6 +627,10 @@ def validate(cfg: DictConfig) -> list[str]:
     need(loss.get("p", 1) in (1, 2), "loss.p must be 1 (hinge) or 2 (squared hinge)")
     need(loss.get("margin", 1) > 0, "loss.margin must be > 0")
     return errors
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def non_finite(cfg: DictConfig) -> list[str]:
