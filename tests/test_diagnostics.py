@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -18,7 +17,6 @@ from trainkit.diagnostics import HISTOGRAM_BINS, write_histogram
 from trainkit.errors import UserError
 from trainkit.experiment import run
 from trainkit.hparams import group_choices
-from trainkit.verdict import diagnose
 
 from .conftest import compose_config, small_overrides
 from .tensorboard_events import hparams_records, scalar_tags, scalars, texts
@@ -186,49 +184,7 @@ def test_one_hidden_unit_is_underfit(fmnist_slice: Path, tmp_path: Path) -> None
     assert diagnosis["evidence"]["train_acc"] < 0.8
 
 
-def rows(*curve: tuple[float, float, float, float]) -> list[dict]:
-    keys = ("train_loss", "val_loss", "train_acc", "val_acc")
-    return [{"epoch": i, **dict(zip(keys, r, strict=True))} for i, r in enumerate(curve, 1)]
-
-
-VERDICT = OmegaConf.create({"overfit_gap": 0.05, "overfit_rise": 0.1, "underfit_acc": 0.8,
-                            "plateau_epochs": 3, "plateau_delta": 0.01})  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("curve", "verdict"),
-    [
-        (rows((0.5, 0.5, 0.85, 0.85), (0.3, 0.35, 0.9, 0.88), (0.2, 0.3, 0.93, 0.9)), "good fit"),
-        (rows((0.5, 0.5, 0.85, 0.85), (0.1, 0.4, 0.97, 0.86), (0.05, 0.6, 0.99, 0.85)), "overfit"),
-        (rows((2.0, 2.0, 0.3, 0.3), (1.9, 1.9, 0.35, 0.34)), "underfit"),
-        (rows((0.5, 0.5, 0.85, 0.85), (0.9, 1.0, 0.6, 0.6)), "diverged"),
-        (rows(*[(0.3, 0.3, 0.9, 0.89)] * 4), "plateaued"),
-    ],
-)
-def test_verdict_rules(curve: list[dict], verdict: str) -> None:
-    assert diagnose(curve, VERDICT)["verdict"] == verdict
-
-
-def test_a_loss_that_spiked_above_its_start_and_recovered_is_too_high_an_lr() -> None:
-    """Adam at lr=0.1 on the CNN: epoch 1's mean train loss 20.2 against 2.3 at step 1, then
-    0.92, 0.63: it was called underfit and told to raise the lr."""
-    curve = rows((20.2, 1.27, 0.25, 0.55), (0.92, 0.75, 0.67, 0.74), (0.63, 0.60, 0.77, 0.78))
-    assert diagnose(curve, VERDICT)["verdict"] == "underfit"  # no first-step loss: no spike
-    diagnosis = diagnose(curve, VERDICT, initial_loss=2.3)
-    assert diagnosis["verdict"] == "lr too high"
-    assert diagnosis["evidence"]["peak_train_loss"] == 20.2
-    assert diagnosis["evidence"]["peak_epoch"] == 1
-    assert diagnosis["advice"][0] == "lr=<a third of this one>"
-    assert diagnose(curve, VERDICT, initial_loss=14.0)["verdict"] == "underfit"  # 20.2 < 21
-
-
-def test_advice_leaves_out_what_the_run_already_does() -> None:
-    plateau = rows(*[(0.3, 0.3, 0.9, 0.89)] * 4)
-    advice = diagnose(plateau, VERDICT)["advice"]
-    assert "scheduler=onecycle" in advice and "scheduler=plateau" in advice
-    advice = diagnose(plateau, VERDICT, choices={"scheduler": "onecycle", "model": "cnn"})["advice"]
-    assert "scheduler=onecycle" not in advice
-    assert advice == ["scheduler=plateau", "lr=<a third of this one>"]
+# The verdict's rules and advice: tests/test_verdict.py
 
 
 def test_a_resumed_run_reads_its_group_choices_from_its_run_dir(tmp_path: Path) -> None:

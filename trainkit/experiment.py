@@ -38,7 +38,7 @@ from trainkit.loop import (
 )
 from trainkit.losses import build_loss
 from trainkit.schedule import build_scheduler
-from trainkit.verdict import diagnose
+from trainkit.verdict import diagnose, run_overrides
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -285,8 +285,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             tensorboard.writer.add_figure("test/confusion_matrix", figure, state.step)
             plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["status"] = "completed" if diverged is None else "failed"
-    summary["diagnosis"] = diagnose(state.history, cfg.diagnostics.verdict, diverged is not None,
-                                    hparams.group_choices(run_dir), state.initial_loss)  # fmt: skip
+    summary["diagnosis"] = diagnose(state.history, cfg, diverged is not None,
+                                    run_overrides(run_dir), state.initial_loss,
+                                    dataset.num_classes)  # fmt: skip
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     for cb in callbacks:
