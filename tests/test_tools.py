@@ -57,17 +57,43 @@ def test_init_report_on_a_deep_tanh_mlp(fmnist_slice: Path, tmp_path: Path) -> N
     assert saved["normal"][3]["act_std"] == pytest.approx(small[3]["act_std"])
 
 
-def test_learning_curve_runs_each_size_and_judges(fmnist_slice: Path, tmp_path: Path) -> None:
+def test_learning_curve_gives_every_size_the_same_optimizer_steps(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """Planted bug caught: epochs kept fixed (3, 9 and 30 steps: data mixed with training
+    length)."""
     cfg = compose_config(small_overrides(fmnist_slice) + ["epochs=3"])
     result = learning_curve(cfg, tmp_path, sizes=["100", "300", "1000"])
     points = result["points"]
     assert [p["train_size"] for p in points] == [100, 300, 1000]
+    # batch 100: the largest size takes 10 steps an epoch, 30 in 3 epochs; so does every size
+    assert [p["steps"] for p in points] == [30, 30, 30]
+    assert [p["epochs"] for p in points] == [30, 10, 3]
     assert points[-1]["val_loss"] < points[0]["val_loss"]  # more data, better generalization
     assert result["verdict"].startswith(("more data would help", "val loss has flattened"))
+    assert result["verdict"].endswith(
+        "every size trained about 30 optimizer steps (epochs: 30 for 100, 10 for 300, 3 for 1,000)"
+    )
+    with (tmp_path / "learning_curve.csv").open() as f:
+        assert [int(r["steps"]) for r in csv.DictReader(f)] == [30, 30, 30]
     assert (tmp_path / "learning_curve.png").is_file()
     assert sorted(p.name for p in tmp_path.glob("train_size=*")) == [
         "train_size=100", "train_size=1000", "train_size=300"
     ]  # fmt: skip
+
+
+def test_learning_curve_with_fixed_epochs_or_a_step_budget(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    cfg = compose_config(small_overrides(fmnist_slice) + ["epochs=2"])
+    fixed = learning_curve(cfg, tmp_path / "a", sizes=["100", "300"], keep=["epochs"])
+    assert [(p["epochs"], p["steps"]) for p in fixed["points"]] == [(2, 2), (2, 6)]
+    assert fixed["verdict"].endswith(
+        "every size trained 2 epochs (2 to 6 steps): the small sizes trained less, so the curve "
+        "mixes data with training length"
+    )
+    budget = learning_curve(cfg, tmp_path / "b", sizes=["100", "300"], steps=["7"])
+    assert [(p["epochs"], p["steps"]) for p in budget["points"]] == [(7, 7), (2, 6)]
 
 
 def test_a_run_leaves_curves_png_confusion_matrix_and_augmented_samples(
@@ -133,7 +159,7 @@ def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_scores_it(
     # Only data location and device come from this config: the model is the checkpoint's.
     here = compose_config([f"data.root={fmnist_slice}", "data.download=false"])
     result = evaluate_checkpoint(here, tmp_path / "eval", ckpt=[str(tmp_path / "run")])
-    assert result["checkpoint"].endswith("checkpoints/best.pt") and result["split"] == "test"
+    assert result["checkpoint"].endswith("checkpoints/last.pt") and result["split"] == "test"
     assert result["acc"] == pytest.approx(summary["test"]["acc"])
     assert result["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
     assert result["confusion_matrix"]["counts"] == summary["confusion_matrix"]["counts"]
@@ -141,6 +167,45 @@ def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_scores_it(
     assert val["samples"] == 200 and val["acc"] == pytest.approx(summary["best"]["val_acc"])
     # as the run scored them: the test set with test-time mirroring, val with the image alone
     assert val["loss"] == pytest.approx(summary["best"]["val_loss"], rel=1e-5)
+
+
+# The MLP on 100 images at lr=1e-2: val accuracy peaks at epoch 4 of 6, and the best epoch's
+# weights score 0.615 on the test slice against the final weights' 0.65.
+PEAKS_EARLY = ["data.train_size=100", "batch_size=20", "epochs=6", "model.hidden=[256]",
+               "lr=1e-2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_evaluate_gives_exactly_the_runs_own_test_score(
+    early_stopping: bool, fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """By default the weights the run's test used: the final ones, or with early stopping the
+    best epoch's it restored (last.pt is saved after). Planted bugs caught: best.pt by default
+    (0.615, not 0.65), the command's data.root (none: the system's 10,000 test images) in place
+    of the run's."""
+    from trainkit.evaluation import evaluate_checkpoint
+
+    stopping = ["regularization=early_stopping", "regularization.early_stopping.monitor=val_acc"]
+    overrides = [*small_overrides(fmnist_slice), *PEAKS_EARLY]
+    overrides += stopping if early_stopping else []
+    summary = run(compose_config(overrides), tmp_path / "run")
+    here = compose_config(["data.download=false"])  # no data.root: the run's own
+    final = evaluate_checkpoint(here, tmp_path / "a", ckpt=[str(tmp_path / "run")])
+    assert final["samples"] == SLICE_TEST
+    assert final["acc"] == summary["test"]["acc"]  # exactly: the same predictions
+    assert final["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-6)
+    assert final["weights"] == "final weights, as the run's own test score"
+    best = evaluate_checkpoint(here, tmp_path / "b", ckpt=[str(tmp_path / "run")],
+                               weights=["best"])  # fmt: skip
+    assert best["checkpoint"].endswith("checkpoints/best.pt")
+    assert best["epoch"] == summary["best"]["epoch"] == 4
+    if early_stopping:  # the run's test used the restored best weights
+        assert summary["stop_reason"].endswith("restored the weights of epoch 4")
+        assert best["acc"] == summary["test"]["acc"]
+    else:
+        assert (best["acc"], summary["test"]["acc"]) == (0.615, 0.65)
+    saved = json.loads((tmp_path / "a" / "evaluation.json").read_text())
+    assert saved["acc"] == summary["test"]["acc"] and saved["checkpoint"].endswith("last.pt")
 
 
 def test_evaluate_from_the_command_line_says_what_is_wrong(tmp_path: Path) -> None:
@@ -162,3 +227,15 @@ def test_tool_arguments_are_checked_with_one_line(tmp_path: Path) -> None:
         learning_curve(cfg, tmp_path, sizes=["abc"])
     with pytest.raises(UserError, match=r"^sizes must be > 0"):
         learning_curve(cfg, tmp_path, sizes=["0", "100"])
+    with pytest.raises(UserError, match=r"^keep=size: choose steps \(the same optimizer"):
+        learning_curve(cfg, tmp_path, keep=["size"])
+    with pytest.raises(UserError, match=r"^steps= sets the budget of keep=steps"):
+        learning_curve(cfg, tmp_path, keep=["epochs"], steps=["100"])
+    with pytest.raises(UserError, match=r"^steps=0: give a whole number of optimizer steps"):
+        learning_curve(cfg, tmp_path, steps=["0"])
+    from trainkit.evaluation import evaluate_checkpoint
+
+    with pytest.raises(UserError, match=r"^weights=first: choose last \(the run's final"):
+        evaluate_checkpoint(cfg, tmp_path, ckpt=[str(tmp_path)], weights=["first"])
+    with pytest.raises(UserError, match=r"^ckpt=.*: no checkpoints/best.pt there"):
+        evaluate_checkpoint(cfg, tmp_path, ckpt=[str(tmp_path)], weights=["best"])

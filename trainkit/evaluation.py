@@ -1,4 +1,10 @@
-"""`trainkit evaluate ckpt=<run dir or .pt> [split=test|val] [overrides]`: score a checkpoint.
+"""`trainkit evaluate ckpt=<run dir or .pt> [split=test|val] [weights=last|best] [overrides]`:
+score a checkpoint.
+
+Of a run folder, the weights its own test score used by default: checkpoints/last.pt, the final
+weights (early stopping with restore_best has put the best epoch's back by then, and last.pt is
+saved after it), so evaluate gives the run's reported test accuracy again; weights=best scores
+checkpoints/best.pt, the epoch with the best trainer.monitor.
 
 The model, data split, normalization and loss come from the checkpoint's own config, so a run
 rebuilds itself. Only where and how to run comes from the command line: data.root,
@@ -26,14 +32,15 @@ from trainkit.transfer import checkpoint_path
 
 
 def evaluate_checkpoint(
-    cfg: DictConfig, out_dir: Path, ckpt: list[str] | None = None, split: list[str] | None = None
-) -> dict:
+    cfg: DictConfig, out_dir: Path, ckpt: list[str] | None = None,
+    split: list[str] | None = None, weights: list[str] | None = None,
+) -> dict:  # fmt: skip
     if not ckpt:
         raise UserError("evaluate needs ckpt=<run dir or checkpoint .pt>")
     which = (split or ["test"])[0]
     if which not in ("test", "val"):
         raise UserError(f"split={which}: choose test or val")
-    path = checkpoint_path(ckpt[0])
+    path = weights_file(ckpt[0], weights)
     # Checked: its config names no code but trainkit's own and the classes this command names
     trusted = checkpoint.targets_in(OmegaConf.to_container(cfg, resolve=True))
     saved = checkpoint.load(path, trusted=trusted)
@@ -61,6 +68,7 @@ def evaluate_checkpoint(
     matrix = metrics.pop("confusion_matrix")
     result = {
         "checkpoint": str(path),
+        "weights": WEIGHTS.get(path.name, path.name),
         "epoch": saved.get("epoch"),
         "split": which,
         "samples": len(target),
@@ -70,13 +78,38 @@ def evaluate_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     console.console.print(
-        f"{path} (epoch {saved.get('epoch')}) on {which} ({len(target):,} samples): "
+        f"{path} ({result['weights']}, epoch {saved.get('epoch')}) on {which} "
+        f"({len(target):,} samples): "
         f"loss {metrics['loss']:.4f}, accuracy {metrics['acc']:.4f}",
         highlight=False,
         soft_wrap=True,
     )
     console.console.print(matrix_table(result["confusion_matrix"]))
     return result
+
+
+WEIGHTS = {
+    "last.pt": "final weights, as the run's own test score",
+    "best.pt": "best epoch's weights, by trainer.monitor",
+}
+
+
+def weights_file(ckpt: str, weights: list[str] | None) -> Path:
+    """The checkpoint to score: a .pt file as given, or the run folder's last.pt (the weights
+    its test score used) or best.pt (`weights=best`)."""
+    which = (weights or ["last"])[0]
+    if which not in ("last", "best"):
+        raise UserError(f"weights={which}: choose last (the run's final weights) or best")
+    folder = Path(ckpt).expanduser()
+    if not folder.is_dir():
+        if weights:
+            raise UserError(f"weights={which} picks a file in a run folder, but ckpt={ckpt} "
+                            "names a checkpoint file already")  # fmt: skip
+        return checkpoint_path(ckpt)
+    path = folder / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        raise UserError(f"ckpt={ckpt}: no checkpoints/{which}.pt there: is it a run folder?")
+    return path
 
 
 def matrix_table(matrix: dict) -> Table:
