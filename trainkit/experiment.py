@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -22,7 +24,7 @@ from trainkit import checkpoint, console, data, distributed, hparams, layout, ru
 from trainkit import resume as resume_run
 from trainkit.augment import Augment, TestTimeViews
 from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping, TensorBoardLogger
-from trainkit.config import TRANSFER_KEYS
+from trainkit.config import TRANSFER_KEYS, shorten_aliases
 from trainkit.diagnostics import Diagnostics
 from trainkit.errors import Interrupted, UserError, first_line, instantiation_reason
 from trainkit.files import write_text_atomic
@@ -139,7 +141,7 @@ def summarize(
         "best": state.best,
         "test": test,
         "epochs_run": len(history),
-        "stop_reason": state.stop_reason or f"completed {len(history)} epochs",
+        "stop_reason": state.stop_reason or f"completed {console.plural(len(history), 'epoch')}",
         "wall_time_s": wall,
         "train_samples_per_s": sum(m["samples_per_s"] * m["train_time_s"] for m in history)
         / sum(m["train_time_s"] for m in history),
@@ -217,8 +219,14 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
     With `resume` (a checkpoint of this run, see resume.py), go on from where it was saved."""
     start = time.perf_counter()
     main = distributed.is_main()  # under torchrun, rank 0 alone writes files and prints
-    console.print_config(cfg)
+    console.compact = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if cfg.trainer.get("verbose", False):  # a config saved before the key: no
+        console.print_config(cfg)
     dataset, training = build(cfg)
+    overrides = run_overrides(run_dir)  # the command that started the run, if known
+    if main:
+        typed = [shorten_aliases(o) for o in overrides or []]
+        console.print_header(cfg, run_dir, dataset, training, typed, hparams.group_choices(run_dir))
     model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
 
     def snapshot() -> dict:
@@ -239,7 +247,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps,
         hparams.collect(cfg), cfg.trainer.monitor, resumed,
     )  # fmt: skip
-    callbacks = [console.ProgressPrinter(), tensorboard, CSVLogger(run_dir / "metrics.csv")]
+    progress = console.ProgressPrinter(cfg.trainer.batch_size)
+    callbacks = [progress, tensorboard, CSVLogger(run_dir / "metrics.csv")]
     diagnostics = None
     if cfg.diagnostics.enabled:
         diagnostics = Diagnostics(cfg.diagnostics, model, tensorboard.writer)
@@ -286,7 +295,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
             plots.learning_curves_png(state.history, run_dir / "curves.png")
     summary["status"] = "completed" if diverged is None else "failed"
     summary["diagnosis"] = diagnose(state.history, cfg, diverged is not None,
-                                    run_overrides(run_dir), state.initial_loss,
+                                    overrides, state.initial_loss,
                                     dataset.num_classes)  # fmt: skip
     summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
