@@ -259,3 +259,27 @@ def test_a_checkpoint_that_runs_code_is_refused_without_running_it(
         assert f"checkpoint {path} is refused: loading it would run code" in err
         assert "Traceback" not in err and "weights_only" not in err
         assert not marker.exists()  # refused before anything ran
+
+
+def test_resume_accepts_the_original_command_when_every_value_is_the_saved_one(
+    fmnist_slice: Path, tmp_path: Path
+) -> None:
+    """`trainkit <the run's own overrides> resume=<dir>`: the repeats are compared, not refused;
+    a value that differs is. Planted bug caught: every override but data.root refused."""
+    from trainkit import resume
+    from trainkit.config import compose_config, expand_aliases
+    from trainkit.errors import UserError
+    from trainkit.experiment import run
+
+    # as the command line reaches resume.load: the short names expanded
+    original = expand_aliases([*small_overrides(fmnist_slice), "lr=3e-3", "scheduler=onecycle",
+                               "trainer.checkpoint_every_n_epochs=1"])  # fmt: skip
+    run(compose_config(original), tmp_path / "run")
+    target = str(tmp_path / "run" / "checkpoints" / "epoch_1.pt")  # 1 of 2 epochs: resumable
+    cfg, run_dir, saved = resume.load(target, original)
+    assert run_dir == tmp_path / "run" and saved["epoch"] == 1
+    assert cfg.optimizer.lr == 3e-3 and cfg.data.root == str(fmnist_slice)
+    with pytest.raises(UserError, match=r"^lr=0\.1: a resumed run keeps its config, and it was "
+                                        r"saved with lr=0\.003"):  # fmt: skip
+        resume.load(target, [*(o for o in original if "lr=" not in o), "optimizer.lr=0.1"])
+    GlobalHydra.instance().clear()
