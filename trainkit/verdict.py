@@ -6,9 +6,10 @@ loss of predicting every class alike:
 
 - diverged:  a loss is not finite, or the last train loss is above the first epoch's (the
              loop also fails a run whose losses end far above the first step's).
-- lr too high: an epoch's mean train loss rose above spike_factor x start and the run
-             recovered; or val loss ended above chance_margin x start while val accuracy is
-             near chance (below 2/num_classes): it learned to be confidently wrong.
+- lr too high: an epoch's mean train loss rose above SPIKE_FACTOR x start and the run
+             recovered; or val loss ended above CHANCE_MARGIN x start while val accuracy is
+             near chance (below 2/num_classes): it learned to be confidently wrong. (A run
+             whose lr is too low stays below its start: it is underfit.)
 - overfit:   a_t - a_v > overfit_gap, or l_v has risen more than overfit_rise (relative) above
              l* since e* while training went on.
 - underfit:  a_t < underfit_acc: the model cannot even fit its training data.
