@@ -68,8 +68,7 @@ class Block:
 class Step:
     kind: str  # shell, export, install, tensorboard, trainkit
     argv: list[str] = field(default_factory=list)
-    expect: int = 0
-    stop: bool = False  # SIGINT in epoch 2, for a later resume=
+    expect: int = 0  # 130 for a run stopped with SIGINT in epoch 2, for a later resume=
 
 
 def readme_blocks(text: str) -> list[Block]:
@@ -205,7 +204,7 @@ def plan(block: Block, home: Path, slice_root: Path) -> list[Step]:
             stopped = steps[makers[-1]]
             if stopped.argv[0] != TRAINKIT:
                 raise Unmapped(f"{line!r}: only a plain trainkit run is stopped for resume")
-            stopped.stop, stopped.expect = True, 130
+            stopped.expect = 130
             stopped.argv = [sys.executable, str(SIGNAL_AT_STEP), "INT", str(STOP_AT_STEP),
                             *stopped.argv[1:]]  # fmt: skip
     return steps
@@ -240,8 +239,8 @@ def check_tensorboard(logdir: Path) -> None:
     assert scalars, f"tensorboard --logdir {logdir}: event files without scalars"
 
 
-def run_block(block: Block, files: dict[str, str], cwd: Path, slice_root: Path) -> list[str]:
-    """Run a block's lines in order in cwd; returns the commands run (for the log)."""
+def run_block(block: Block, files: dict[str, str], cwd: Path, slice_root: Path) -> None:
+    """Run a block's lines in order in cwd, each checked as it ends."""
     home = cwd
     for name, body in files.items():
         (cwd / name).write_text(body)
@@ -249,7 +248,6 @@ def run_block(block: Block, files: dict[str, str], cwd: Path, slice_root: Path) 
     env = {**os.environ, "HOME": str(home), "PYTHONWARNINGS": "ignore"}
     env.pop("TRAINKIT_DEBUG", None)
     latest: dict[str, Path] = {}
-    ran = []
     for line, step in zip(block.lines, steps, strict=True):
         if step.kind == "install":
             check_install(step.argv)
@@ -277,7 +275,6 @@ def run_block(block: Block, files: dict[str, str], cwd: Path, slice_root: Path) 
         else:
             result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                     timeout=300)  # fmt: skip
-        ran.append(shlex.join(argv))
         output = result.stdout + result.stderr
         assert result.returncode == step.expect, (
             f"README line {line!r} ran as {shlex.join(argv)} in {cwd}: exit {result.returncode}, "
@@ -288,7 +285,6 @@ def run_block(block: Block, files: dict[str, str], cwd: Path, slice_root: Path) 
             latest[RUN_DIR] = made[-1]
         if made := new_dirs(cwd, "outputs/multirun/*/*", sweeps):
             latest[SWEEP_DIR] = made[-1]
-    return ran
 
 
 TEXT = README.read_text()
