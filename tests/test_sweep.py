@@ -140,7 +140,10 @@ def test_tensorboard_serves_the_hparams_and_scalars_of_every_job(
         experiment: dict = {}
         while time.monotonic() < deadline:
             try:
-                if sorted(get("/data/runs")) == jobs:  # type: ignore[arg-type]
+                runs = set(get("/data/runs"))  # type: ignore[arg-type]
+                # each job, and its train/, validation/ and test/ sibling runs
+                if {f"{job}/{split}" for job in jobs for split in ("train", "validation",
+                                                                  "test")} <= runs:  # fmt: skip
                     experiment = post("/data/plugin/hparams/experiment", {"experimentName": ""})
                     if experiment.get("metricInfos"):
                         break

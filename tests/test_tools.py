@@ -110,7 +110,7 @@ def test_a_run_leaves_curves_png_confusion_matrix_and_augmented_samples(
     assert correct / SLICE_TEST == pytest.approx(summary["test"]["acc"])
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
-    assert {"confusion_matrix", "augment/samples", "augment/originals"} <= set(
+    assert {"test/confusion_matrix", "inputs/augmented", "inputs/originals"} <= set(
         events.Tags()["images"]
     )
 
@@ -129,6 +129,10 @@ def test_subcommands_run_from_the_command_line(fmnist_slice: Path, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     (out,) = (tmp_path / "outputs" / "init-report").glob("*/*")
     assert set(json.loads((out / "init_report.json").read_text())) == {"he_normal", "default"}
+    named = trainkit(*args, "hydra.run.dir=report", cwd=tmp_path)  # a folder of one's choice
+    assert named.returncode == 0 and (tmp_path / "report" / "init_report.json").is_file()
+    again = trainkit(*args, "hydra.run.dir=report", cwd=tmp_path)  # never written over
+    assert again.returncode == 2 and "report already holds a run" in again.stderr
     bad = trainkit("lr-find", "optimizer.lrr=1", cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr == (

@@ -351,7 +351,7 @@ def test_a_diverged_job_fails_the_sweep_and_is_told_to_lower_the_lr(
     summary = summaries[1e6]
     assert summary["status"] == "failed"
     assert summary["diagnosis"]["verdict"] == "diverged"
-    assert "the run diverged" in summary["reason"] and "try lr=1e+05" in summary["reason"]
+    assert "the run diverged" in summary["reason"] and "try lr=0.01," in summary["reason"]
     assert "failed: the run ended with training loss" in result.stderr
     with (tmp_path / "sweep" / "summary.csv").open(newline="") as f:
         assert [row["status"] for row in csv.DictReader(f)] == ["completed", "failed"]

@@ -345,7 +345,8 @@ def job_label(hydra_cfg: DictConfig) -> str:
 
 
 def run_subcommand(name: str, args: list[str]) -> int:
-    """A job of the command table on the composed config, into outputs/<name>/<date>/<time>/.
+    """A job of the command table on the composed config, into outputs/<name>/<date>/<time>/
+    (or hydra.run.dir=).
     Its own arguments (commands.py) reach the function as lists: sizes=a,b -> ["a", "b"]."""
     own = COMMANDS[name].own_keys
     kwargs = {
@@ -359,9 +360,12 @@ def run_subcommand(name: str, args: list[str]) -> int:
     if errors:
         return 2
     cfg = compose_config(overrides)
-    out_dir = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     GlobalHydra.instance().clear()
+    # hydra.run.dir= names the job's folder, as for a run; locked like one (run_dirs.py)
+    named = [o.partition("=")[2] for o in overrides if o.startswith("hydra.run.dir=")]
+    default = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     try:
+        out_dir = run_dirs.claim(Path(named[-1]) if named else default, named=bool(named))
         load(COMMANDS[name].target)(cfg, out_dir, **kwargs)
     except UserError as e:
         report(f"trainkit {name}", e)

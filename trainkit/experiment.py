@@ -306,7 +306,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
         folder = run_dir / "checkpoints"
         kept = (f"its best epoch is in {folder}/best.pt" if state.history
                 else f"the last good checkpoint is {folder}/last.pt")  # fmt: skip
-        raise UserError(f"{diverged}; {kept}")
+        advice = summary["diagnosis"]["advice"]
+        tries = f": try {', '.join(advice)}" if advice else ""
+        raise UserError(f"{diverged}{tries}; {kept}")
     return summary
 
 
@@ -356,7 +358,7 @@ def preview_augmentation(dataset: data.Data, training: Training, tb: TensorBoard
     devices = [originals.device] if originals.is_cuda else []
     with torch.random.fork_rng(devices=devices):  # the preview must not change training
         augmented = training.augment(originals)
-    for tag, images in (("originals", originals.float()), ("samples", augmented)):
+    for tag, images in (("originals", originals.float()), ("augmented", augmented)):
         grid = torchvision.utils.make_grid(images / 255, nrow=8, pad_value=1.0)
         tb.writer.add_image(f"inputs/{tag}", grid, 0)  # step 0: before training
 

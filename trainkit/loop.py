@@ -405,10 +405,10 @@ def raise_if_ended_diverged(t: Training, data: Data, state: FitState) -> None:
 def diverged_message(what: str, optimizer: Optimizer) -> str:
     group = optimizer.param_groups[0]
     lr = group.get("initial_lr", group["lr"])  # as configured, before any schedule
+    # What to try is the verdict's (verdict.py: validated overrides), added by the run.
     return (
         f"{what} (lr {lr:.3g}): the run diverged; likely causes: the learning rate is too "
-        f"high, the initial weights too large, or gradients unclipped: try lr={lr / 10:.3g}, "
-        "regularization.clip_grad_norm=1.0, or init=he_normal"
+        "high, the initial weights too large, or gradients unclipped"
     )
 
 
