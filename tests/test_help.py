@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from trainkit.commands import COMMANDS, did_you_mean, expand_home
+from trainkit.commands import COMMANDS, did_you_mean, expand_home, quote_existing_paths
 from trainkit.completion import study_names
 from trainkit.config import ALIASES, alias_conflicts, config_groups
 
@@ -251,3 +252,15 @@ def test_the_command_table_names_each_jobs_own_arguments() -> None:
         if not command.handler:
             parameters = list(inspect.signature(load(command.target)).parameters)[2:]
             assert tuple(parameters) == command.own_keys, command.name
+
+
+def test_an_existing_folder_named_by_its_overrides_is_one_value(tmp_path: Path) -> None:
+    """Run folders hold '=' and ',' (13-05-22_lr=0.01,epochs=3), which Hydra's grammar reads
+    as a sweep or refuses: an existing path is quoted; a sweep over data.root is not."""
+    run = tmp_path / "13-05-22_lr=0.01,epochs=3"
+    run.mkdir()
+    args = [f"model.from_checkpoint={run}", "data.root=a,b", "lr=0.1", f"ckpt={run}"]
+    quoted = quote_existing_paths(args, own_keys=("ckpt",))
+    assert quoted[1:] == args[1:]  # a sweep, a number and a command's own argument as typed
+    (parsed,) = OverridesParser.create().parse_overrides([quoted[0]])
+    assert parsed.value() == str(run) and not parsed.is_sweep_override()

@@ -40,6 +40,7 @@ from trainkit.commands import (
     did_you_mean,
     expand_home,
     main_help,
+    quote_existing_paths,
     wants_help,
 )
 from trainkit.config import (
@@ -154,7 +155,8 @@ def dispatch() -> None:
                                  "trainkit resume=outputs/<date>/<time>"]))  # fmt: skip
     if args and (typo := did_you_mean(args[0])):
         sys.exit(refuse(prefix, [typo]))
-    args = expand_home(args, COMMANDS[command].own_keys if command else ())
+    own = COMMANDS[command].own_keys if command else ()
+    args = quote_existing_paths(expand_home(args, own), own)
     given = args[1:] if command and command != "resume" else args
     if conflicts := alias_conflicts(given):
         sys.exit(refuse(prefix, conflicts))
@@ -344,13 +346,18 @@ def job_label(hydra_cfg: DictConfig) -> str:
     return f"#{hydra_cfg.job.num} ({shorten_aliases(','.join(overrides))})"
 
 
+PATH_ARGS = ("ckpt",)
+
+
 def run_subcommand(name: str, args: list[str]) -> int:
     """A job of the command table on the composed config, into outputs/<name>/<date>/<time>/
     (or hydra.run.dir=).
     Its own arguments (commands.py) reach the function as lists: sizes=a,b -> ["a", "b"]."""
     own = COMMANDS[name].own_keys
-    kwargs = {
-        key: value.split(",") for key, _, value in (a.partition("=") for a in args) if key in own
+    kwargs = {  # a list, but a path is one value: run folders' names hold commas
+        key: [value] if key in PATH_ARGS else value.split(",")
+        for key, _, value in (a.partition("=") for a in args)
+        if key in own
     }
     overrides = [a for a in args if a.partition("=")[0] not in own]
     # evaluate reads its data settings from the checkpoint, not from these overrides

@@ -260,3 +260,22 @@ def expand_home(args: list[str], own_keys: tuple[str, ...] = ()) -> list[str]:
         value = re.sub(r"(?:^|(?<=[,\[]))~(?=/|,|]|$)", lambda _: home, value)
         expanded.append(f"{key}={value}")
     return expanded
+
+
+def quote_existing_paths(args: list[str], own_keys: tuple[str, ...] = ()) -> list[str]:
+    """`key=<a file or folder that exists>` quoted for Hydra when its name holds what Hydra's
+    grammar reads otherwise: '=' and ',' in run folders named by their overrides
+    (model.from_checkpoint=outputs/2026-12-07/13-05-22_lr=0.01,epochs=3). A value that is no
+    existing path, such as a sweep data.root=a,b, is left to Hydra."""
+    quoted = []
+    for text in args:
+        key, sep, value = text.partition("=")
+        plain = re.fullmatch(r"[A-Za-z0-9_./\-+@%:~]*", value) is not None
+        if not sep or plain or text.startswith("-") or key in own_keys or key == "resume" \
+                or value[:1] in ("'", '"') or not os.path.exists(value):  # fmt: skip
+            quoted.append(text)
+            continue
+        from trainkit.run_dirs import hydra_value
+
+        quoted.append(f"{key}={hydra_value(value)}")
+    return quoted
