@@ -347,7 +347,7 @@ def test_compare_reports_a_sweep_again_and_by_another_metric(
     best = {(row[1], row[2]): float(row[3]) for row in ranked}
     assert [float(row[3]) for row in ranked] == sorted(best.values())
     for (optimizer, seed), value in best.items():
-        (job_dir,) = copy.glob(f"*optimizer={optimizer},*seed={seed},*")
+        job_dir = copy / f"optimizer={optimizer},seed={seed}"  # the swept keys, as typed
         history = job_history(job_dir)
         assert value == pytest.approx(min(h["val_loss"] for h in history), abs=5e-5)
 
