@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from trainkit.config import CONF_DIR, expand_aliases, register_schemas
@@ -54,6 +55,14 @@ def write_cifar10(root: Path, n_train_per_batch: int = 40, n_test: int = 30, see
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_run_left_behind() -> object:
+    """A test that runs Hydra's app in this process leaves HydraConfig set: a later test in
+    the same worker would read that run's overrides, choices and mode as its own."""
+    yield
+    HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,10 @@ def test_logged_loss_is_the_mean_over_both_ranks(ddp_run: dict) -> None:
 
 def test_only_rank_zero_writes_files_and_prints(ddp_run: dict) -> None:
     work, run_dir = ddp_run["work"], ddp_run["run_dir"]
-    assert len(list(work.rglob("events.out.tfevents.*"))) == 1
+    events = sorted(p.parent.relative_to(work).as_posix() for p in work.rglob("events.out.*"))
+    # rank 0's run and its train/, validation/ and test/ curves (callbacks.TensorBoardLogger)
+    assert events == ["outputs/run", "outputs/run/test", "outputs/run/train",
+                      "outputs/run/validation"]  # fmt: skip
     checkpoints = sorted(p.relative_to(work).as_posix() for p in work.rglob("*.pt"))
     assert checkpoints == ["outputs/run/checkpoints/best.pt", "outputs/run/checkpoints/last.pt"]
     assert sorted(p.name for p in (work / "outputs").iterdir()) == ["run"]
@@ -152,7 +155,7 @@ def test_subcommands_are_refused_under_torchrun_in_one_line(
         main()
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    expected = f"trainkit: error: `trainkit {command}` does not run under torchrun"
+    expected = f"trainkit {command}: error: `trainkit {command}` does not run under torchrun"
     assert err.startswith(expected) if rank == "0" else err == ""  # rank 0 alone says it
 
 

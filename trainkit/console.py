@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +36,8 @@ if TYPE_CHECKING:
     from trainkit.loop import Training
 
 console = Console()
-if not console.is_terminal and "COLUMNS" not in os.environ:
-    console.width = 200  # piped or logged: tables keep their columns instead of cutting at 80
+if not console.is_terminal:  # piped or logged: tables keep their columns, not cut at 80
+    console.width = max(console.width, 200)  # (COLUMNS=80 is a default of many a tool)
 log = logging.getLogger("trainkit")  # Hydra routes it to the run's log file
 compact = False  # a sweep's job: a one-line result instead of the summary table (sweep.py
 # prints the table that compares the jobs)
