@@ -345,7 +345,7 @@ class DiagnosticsConfig:
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -359,7 +359,7 @@ class TrainerConfig:
     threads: int | None = None  # torch intra-op threads; None: torch's default
     channels_last: bool = True  # NHWC memory layout for 4-D batches: ~1.4x faster CNNs on CPU
     transposed_linear: bool = True  # wide Linear weights column-major on CPU (layout.py)
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of forward and loss where it is fast
+    precision: str = "auto"  # auto (bf16 where fast, else fp32; precision.py) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the training forward (cold compile: ~30 s on CPU)
     max_steps_per_epoch: int | None = None  # cut epochs short, for debugging
     log_every_n_steps: int = 50  # how often the progress bar syncs the running loss

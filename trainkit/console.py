@@ -30,6 +30,7 @@ from rich.tree import Tree
 
 from trainkit.callbacks import Callback
 from trainkit.loop import FitState
+from trainkit.precision import latest as latest_precision
 
 if TYPE_CHECKING:
     from trainkit.data import Data
@@ -73,6 +74,9 @@ def print_header(
     device = dataset.train.labels.device
     threads = f" ({plural(torch.get_num_threads(), 'thread')})" if device.type == "cpu" else ""
     precision = "fp32" if training.autocast is None else str(training.autocast).rpartition(".")[2]
+    chosen = latest_precision()
+    if chosen is not None and chosen.dtype is training.autocast:  # and why (precision.py)
+        precision = chosen.describe()
     lines = [
         f"[bold]trainkit[/] run in {escape(shown_path(run_dir))}",
         f"  overrides: {escape(asked)}",

@@ -39,6 +39,8 @@ from trainkit.loop import (
     weight_tensors,
 )
 from trainkit.losses import build_loss
+from trainkit.precision import choose as choose_precision
+from trainkit.precision import latest as latest_precision
 from trainkit.schedule import build_scheduler
 from trainkit.verdict import diagnose, run_overrides
 
@@ -155,6 +157,7 @@ def summarize(
         },
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # per process
+        "precision": chosen.as_dict() if (chosen := latest_precision()) else None,
         "distributed": distributed.describe(),
     }
 
@@ -202,7 +205,10 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
             f"{cfg.augment.translate} px at most (augment.translate): test-time views shifted "
             f"further are likely to hurt; set augment.translate={tta.shift} or more"
         )
-    autocast = runtime.autocast_dtype(cfg.trainer.precision, device)
+    chosen = choose_precision(cfg.trainer.precision, device)  # auto: may probe the CPU once
+    if chosen.warning:
+        console.warn(chosen.warning)
+    autocast = chosen.dtype
     scaler = torch.amp.GradScaler(device.type) if autocast is torch.float16 else None
     forward = distributed.wrap(model, device) if distributed.enabled() else model
     interval = cfg.scheduler.get("interval", "epoch")  # a user's schedule may leave it out

@@ -131,40 +131,22 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-# CPU flags of the units that make low-precision matmul fast; without them torch emulates it
-# (bf16 matmul measured ~100x slower than fp32 on an AVX2 machine).
-FAST_CPU_FLAGS = {
-    torch.bfloat16: ("avx512_bf16", "amx_bf16"),
-    torch.float16: ("avx512_fp16", "amx_fp16"),
-}
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype to autocast forward and loss to for trainer.precision, or None for fp32.
-    Where the hardware has no fast path it says so and trains in fp32."""
-    from trainkit.console import warn
-
-    if precision == "fp32":
-        return None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cuda":
-        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise UserError("trainer.precision=bf16: this GPU has no bf16; use "
-                            "trainer.precision=fp16 (with loss scaling) or fp32")  # fmt: skip
-        return dtype
-    flags = cpu_flags()
-    if device.type == "cpu" and any(flag in flags for flag in FAST_CPU_FLAGS[dtype]):
-        return dtype
-    warn(f"trainer.precision={precision}: this {device.type.upper()} has no fast {precision} "
-         f"matmul (it would run many times slower than fp32): training in fp32")  # fmt: skip
-    return None
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "model",
+    "flags", ...); {} where there is none (not Linux)."""
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if not line.strip():  # the end of the first processor's block
+            break
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU's feature flags (avx2, avx512_bf16, amx_bf16, ...): precision.py's gate."""
+    return set(cpu_info().get("flags", "").split())
