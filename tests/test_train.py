@@ -51,7 +51,16 @@ def test_every_option_trains_two_steps(
     (row,) = read_metrics(tmp_path)
     assert row["step"] == 2 and summary["epochs_run"] == 1
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
-    assert 0 <= summary["test"]["acc"] <= 1
+    assert_test_acc_counts_the_test_set(summary)
+
+
+def assert_test_acc_counts_the_test_set(summary: dict) -> None:
+    """The test accuracy is the confusion matrix's diagonal over every test image scored."""
+    counts = summary["confusion_matrix"]["counts"]
+    scored = sum(map(sum, counts))
+    assert scored == summary["dataset"]["test"]
+    correct = sum(counts[i][i] for i in range(len(counts)))
+    assert summary["test"]["acc"] == pytest.approx(correct / scored, abs=1e-9)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
