@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,11 @@ def test_the_header_and_summary_say_which_precision_and_why(
     }  # fmt: skip
 
 
-def test_auto_is_the_default(fmnist_slice: Path) -> None:
-    cfg = compose_config([f"data.root={fmnist_slice}"])
+@pytest.mark.parametrize(
+    "extra", [[], ["experiment=fmnist_speedrun"], ["experiment=fmnist_speedrun_90s"]]
+)
+def test_auto_is_the_default_and_the_presets(fmnist_slice: Path, extra: list[str]) -> None:
+    cfg = compose_config([f"data.root={fmnist_slice}", *extra])
     assert cfg.trainer.precision == "auto"
 
 
@@ -171,3 +175,28 @@ def test_bf16_autocast_leaves_gradients_norms_loss_and_batch_norm_in_fp32(
     assert {v.dtype for k, v in saved.items() if v.is_floating_point()} == {torch.float32}
     norms = scalars(tmp_path, "diagnostics/grad_norm/total")
     assert [step for step, _ in norms] == [1, 2] and all(math.isfinite(v) for _, v in norms)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["trainer.epochs=0"]])
+def test_help_cfg_and_preflight_never_probe(
+    args: list[str], fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """On a bf16 CPU with nothing cached: --help, --cfg and a pre-flight error stop before any
+    run builds, so the probe's fraction of a second is never paid (a planted call of
+    choose() in cli.preflight fails the --cfg and pre-flight cases)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainkit.cli import main
+
+    def no_probe() -> dict[str, float]:
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(precision, "probe", no_probe)
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["trainkit", f"data.root={fmnist_slice}", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code in (0, 2, None), capsys.readouterr()
+    assert not (tmp_path / "outputs").exists()
