@@ -141,6 +141,8 @@ def shrink(args: list[str], home: Path, slice_root: Path, kind: str) -> list[str
         extra.append("trainer.epochs=2")
     if kind == "tool" and (option(args, "model") or "cnn") == "cnn":  # lr-find: ~180 steps
         extra += ["batch_size=32", "model.channels=[8,16]", "model.hidden=32"]
+    if kind == "study":  # one seed: a study runs 3 by default, 3x the runs
+        extra.append("seeds=1")
     extra = [a for a in extra if not sets(args, a.partition("=")[0])]
     if kind == "train":  # run folders named as the user's would be: without these keys
         keys = ",".join(["data.root", *(a.partition("=")[0] for a in extra)])

@@ -421,7 +421,8 @@ def study(args: list[str]) -> int:
         if not args:
             print("trainkit study: error: name a study (above), or all", file=sys.stderr)
         return 0 if args else 2
-    errors = preflight(args[1:], multirun=False)
+    # seeds=N is the study's own (studies.split_seeds checks it); the rest are overrides
+    errors = preflight([a for a in args[1:] if not a.startswith("seeds=")], multirun=False)
     for line in errors:
         print(f"trainkit study: error: {line}", file=sys.stderr)
     if errors:

@@ -115,13 +115,15 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command(
         "study", "trainkit.cli:study",
         "the course's claims about training, measured (trainkit study list)",
-        "trainkit study <name|all|list> [overrides]",
+        "trainkit study <name|all|list> [seeds=N] [overrides]",
         "A study is a few ordinary runs that differ in one choice, plus a measurement that "
         "answers the claim: a one-line result, a figure and result.json. Overrides apply to "
         "every run of the study, before its own settings.",
         (("<name>", "one study; `trainkit study list` names them with their claims"),
-         ("all", "every study in turn (about 15 minutes on 2 cores)"),
-         ("list", "the studies and their claims"), OVERRIDES),
+         ("all", "every study in turn, 3 seeds each (about 45 minutes on 2 cores)"),
+         ("list", "the studies and their claims"),
+         ("seeds=N", "run every variant with trainer.seed 0..N-1 (default 3): mean ± std"),
+         OVERRIDES),
         ("trainkit study list", "trainkit study symmetry",
          "trainkit study dropout data.train_size=0.05 epochs=2"),
         handler=True,

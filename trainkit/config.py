@@ -315,10 +315,17 @@ class EarlyStoppingConfig:
     restore_best: bool = True  # end with the weights of the best epoch
 
 
+L1_MODES = ("subgradient", "proximal")
+
+
 @dataclass
 class RegularizationConfig:
     l1: float = 0.0  # adds l1 * sum|w| to the loss (weights, not biases or norms)
     l2: float = 0.0  # adds l2/2 * sum w^2 to the loss: the explicit L2 penalty
+    # subgradient: l1 * sum|w| added to the loss (weights hover near 0, rarely exactly 0);
+    # proximal: instead, after each optimizer step w <- sign(w) * max(|w| - lr * l1, 0)
+    # (soft-thresholding, as Lasso solvers do: weights land exactly on 0)
+    l1_mode: str = "subgradient"
     clip_grad_norm: float | None = None  # rescale gradients to this total L2 norm at most
     clip_grad_value: float | None = None  # clamp every gradient entry to [-v, v]
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -593,6 +600,10 @@ def validate(cfg: DictConfig) -> list[str]:
     need(sch.get("step_size", 1) >= 1, "scheduler.step_size must be >= 1")
     reg = cfg.regularization
     need(reg.l1 >= 0 and reg.l2 >= 0, "regularization.l1 and .l2 must be >= 0")
+    need(
+        reg.l1_mode in L1_MODES,
+        f"regularization.l1_mode={reg.l1_mode}: choose one of {', '.join(L1_MODES)}",
+    )
     for key in ("clip_grad_norm", "clip_grad_value"):
         need(reg[key] is None or reg[key] > 0, f"regularization.{key} must be > 0 (or null)")
     stop = reg.early_stopping

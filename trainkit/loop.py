@@ -259,6 +259,10 @@ def train_epoch(
     p = state.progress
     # Plain values, read once: a config attribute costs ~10 us, and a step of the MLP ~2 ms.
     l1, l2 = reg.l1, reg.l2
+    # Proximal L1 replaces the penalty's gradient by soft-thresholding after the step; the
+    # weights it covers (t.penalized) are grouped by param group, for each group's current lr.
+    proximal = proximal_groups(t) if l1 > 0 and reg.l1_mode == "proximal" else None
+    penalty_l1 = l1 if proximal is None else 0.0
     clip_norm, clip_value = reg.clip_grad_norm, reg.clip_grad_value
     log_every = t.trainer.log_every_n_steps
     step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
@@ -287,7 +291,7 @@ def train_epoch(
             logits = forward(normalize(x))
             data_loss = t.loss_fn(logits, labels)
         loss = data_loss
-        if l1 > 0:
+        if penalty_l1 > 0:
             l1_loss = l1 * sum(w.abs().sum() for w in t.penalized)
             loss = loss + l1_loss
             sums["l1"] += l1_loss.detach()
@@ -313,6 +317,8 @@ def train_epoch(
         else:  # skips the step when the scaled gradients overflowed
             scaler.step(optimizer)
             scaler.update()
+        if proximal is not None:  # logged as loss/l1 like the penalty: l1 * sum|w| after it
+            sums["l1"] += soft_threshold(proximal, l1)
         if step_scheduler is not None:
             step_scheduler.step()
 
@@ -348,6 +354,27 @@ def train_epoch(
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
     out |= {key: p.sums[key].item() / steps for key, enabled in on.items() if enabled}
     return out
+
+
+def proximal_groups(t: Training) -> list[tuple[dict, list[nn.Parameter]]]:
+    """Each optimizer param group with the penalized weights (t.penalized) it holds."""
+    penalized = {id(w) for w in t.penalized}
+    groups = [(g, [p for p in g["params"] if id(p) in penalized]) for g in t.optimizer.param_groups]
+    return [(g, ws) for g, ws in groups if ws]
+
+
+@torch.no_grad()
+def soft_threshold(groups: list[tuple[dict, list[nn.Parameter]]], l1: float) -> torch.Tensor:
+    """The proximal step of l1 * sum|w|: w <- sign(w) * max(|w| - lr * l1, 0), with each
+    group's lr now (after the schedule), so weights whose pull toward 0 outweighs their data
+    gradient land exactly on 0. Returns l1 * sum|w| after the step (the penalty, to log)."""
+    total = torch.zeros((), device=groups[0][1][0].device)
+    for group, weights in groups:
+        shrink = float(group["lr"]) * l1
+        for w in weights:
+            w.copy_(nn.functional.softshrink(w, shrink))
+            total += w.abs().sum()
+    return l1 * total
 
 
 def first_loss(running_loss: float, device: torch.device) -> float:
