@@ -13,6 +13,14 @@ measured side by side in one run on the same model, batch size, data and thread 
                   the bare loop with channels_last, with Adam(fused=True), and with both plus
                   glibc's allocator kept from returning freed buffers to the OS: the best
                   variants found on this machine class (../shared/PERF-NOTES.md)
+  trainkit+bf16, bare+bf16
+                  trainkit with trainer.precision=bf16, and bare+best under bf16 autocast: only
+                  on a CPU with a bf16 path (avx512_bf16 or amx_bf16), skipped with a note
+                  elsewhere (Zen 3 emulates bf16 ~100x slower than fp32). Every other row is
+                  fp32 (trainer.precision=fp32: auto would be bf16 on an AMX CPU).
+
+The report's first line names the CPU (model name, family and model, its avx2/avx512/bf16/amx
+flags) and torch: compare figures only within one CPU (docs/benchmarks.md, one table per CPU).
 
 Each measurement runs in its own process (so each reports its own peak RSS), after a warm-up;
 the loops alternate round by round so that a VM's drift hits them alike; each measurement is its
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import platform
 import resource
@@ -53,14 +62,18 @@ WINDOW = 100
 WINDOWS = {"cnn": 3, "mlp": 12}  # at least
 MIN_SECONDS = 10.0
 WARMUP_STEPS = 10
-LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best"]
+BF16_LOOPS = ["trainkit+bf16", "bare+bf16"]
+LOOPS = ["trainkit", "trainkit+aug", "tutorial", "bare", "bare+cl", "bare+fused", "bare+best",
+         *BF16_LOOPS]  # fmt: skip
+# The flags the report names: which vector and matrix units this CPU has.
+NAMED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as in conf/data/fashion_mnist.yaml
 
 
 # ------------------------------------------------------------------ the loops (child process)
 
 
-def trainkit_cfg(model: str, threads: int, augment: bool):  # noqa: ANN201
+def trainkit_cfg(model: str, threads: int, augment: bool, precision: str = "fp32"):  # noqa: ANN201
     from hydra import compose, initialize_config_dir
 
     from trainkit.config import CONF_DIR, register_schemas
@@ -75,13 +88,14 @@ def trainkit_cfg(model: str, threads: int, augment: bool):  # noqa: ANN201
         "data.download=false",
         "diagnostics.pictures=false",
         f"augment={'standard' if augment else 'none'}",
+        f"trainer.precision={precision}",
         *os.environ.get("BENCH_TRAINKIT_OVERRIDES", "").split(),  # --trainkit-overrides
     ]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
-def run_trainkit(model: str, threads: int, augment: bool) -> dict:
+def run_trainkit(model: str, threads: int, augment: bool, precision: str = "fp32") -> dict:
     from trainkit import experiment, hparams
     from trainkit.callbacks import Callback, CSVLogger, TensorBoardLogger
     from trainkit.console import ProgressPrinter
@@ -97,12 +111,12 @@ def run_trainkit(model: str, threads: int, augment: bool) -> dict:
             elif enough_windows(state.epoch - 1, model, time.perf_counter() - self.first):
                 state.stop = True
 
-    cfg = trainkit_cfg(model, threads, augment)
+    cfg = trainkit_cfg(model, threads, augment, precision)
     dataset, t = experiment.build(cfg)
     with tempfile.TemporaryDirectory() as logdir:
         tb = TensorBoardLogger(Path(logdir), "", t.optimizer, cfg.trainer.log_every_n_steps,
                                hparams.collect(cfg), cfg.trainer.monitor)  # fmt: skip
-        callbacks = [ProgressPrinter(), tb, CSVLogger(Path(logdir) / "metrics.csv"),
+        callbacks = [ProgressPrinter(BATCH), tb, CSVLogger(Path(logdir) / "metrics.csv"),
                      Diagnostics(cfg.diagnostics, t.model, tb.writer)]  # fmt: skip
         state = fit(t, dataset, [*callbacks, MeasuredEnough()])
         tb.close("completed")
@@ -189,7 +203,7 @@ def enough_windows(count: int, model: str, seconds: float) -> bool:
     return count >= WINDOWS[model] and seconds >= MIN_SECONDS
 
 
-def run_bare(model: str, channels_last: bool, fused: bool) -> dict:
+def run_bare(model: str, channels_last: bool, fused: bool, bf16: bool = False) -> dict:
     from trainkit.data import DEBIAN_FASHION_MNIST, fashion_mnist_files, read_idx
 
     files = fashion_mnist_files(DEBIAN_FASHION_MNIST)
@@ -210,7 +224,8 @@ def run_bare(model: str, channels_last: bool, fused: bool) -> dict:
         for step in range(done, done + n_steps):
             start = step % batches * BATCH
             idx = order[start : start + BATCH]
-            loss = loss_fn(net(X[idx]), y[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(net(X[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -230,9 +245,9 @@ def flop_per_sample(net: nn.Module) -> float:
     return counter.get_total_flops() / BATCH
 
 
-def matmul_gflops() -> float:
-    """The fastest of 5 timed 4096x4096 fp32 matmuls, like the loops' fastest window."""
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
+    """The fastest of 5 timed 4096x4096 matmuls, like the loops' fastest window."""
+    a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
     a @ b
     times = []
     for _ in range(5):
@@ -245,19 +260,22 @@ def matmul_gflops() -> float:
 def child(loop: str, model: str, threads: int, raw_root: str) -> None:
     torch.set_num_threads(threads)
     if loop.startswith("trainkit"):
-        result = run_trainkit(model, threads, augment=loop.endswith("aug"))
+        precision = "bf16" if loop.endswith("bf16") else "fp32"
+        result = run_trainkit(model, threads, loop.endswith("aug"), precision)
     elif loop == "tutorial":
         result = run_tutorial(model, raw_root)
     elif loop.startswith("bare"):
-        best = loop == "bare+best"
+        best = loop in ("bare+best", "bare+bf16")
         if best:
             from trainkit.runtime import keep_freed_memory
 
             keep_freed_memory()
         channels_last, fused = best or loop == "bare+cl", best or loop == "bare+fused"
-        result = run_bare(model, channels_last, fused)
+        result = run_bare(model, channels_last, fused, bf16=loop == "bare+bf16")
     else:  # "peak"
         result = {"gflops": matmul_gflops()}
+        if has_bf16_path():  # emulated, 4096^3 would take ~2 minutes
+            result["bf16_gflops"] = matmul_gflops(torch.bfloat16)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -289,14 +307,25 @@ def measure(loop: str, model: str, threads: int, raw_root: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def has_bf16_path() -> bool:
+    from trainkit.precision import FAST_CPU_FLAGS
+    from trainkit.runtime import cpu_flags
+
+    return any(flag in cpu_flags() for flag in FAST_CPU_FLAGS[torch.bfloat16])
+
+
+def cpu_line() -> str:
+    """e.g. "AMD EPYC (family 25 model 1; avx2 fma; no avx512f avx512_bf16 ...), torch 2.14.1":
+    the model name alone does not tell Zen 3 from Zen 4 ("AMD EPYC" on both)."""
+    from trainkit.runtime import cpu_info
+
+    info = cpu_info()
+    flags = set(info.get("flags", "").split())
+    has = " ".join(f for f in NAMED_FLAGS if f in flags) or "none of them"
+    lacks = " ".join(f for f in NAMED_FLAGS if f not in flags)
+    name = info.get("model name") or platform.processor() or platform.machine()
+    return (f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}; "
+            f"{has}{'; no ' + lacks if lacks else ''}), torch {torch.__version__}")  # fmt: skip
 
 
 def main() -> None:
@@ -310,20 +339,36 @@ def main() -> None:
                         help="e.g. 'diagnostics=off trainer.channels_last=false'")  # fmt: skip
     args = parser.parse_args()
     os.environ["BENCH_TRAINKIT_OVERRIDES"] = args.trainkit_overrides
+    args.skipped = [] if has_bf16_path() else [loop for loop in args.loops if loop in BF16_LOOPS]
+    args.loops = [loop for loop in args.loops if loop not in args.skipped]
 
     runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
         raw_root = raw_files_for_torchvision(Path(folder))
-        peaks = []
+        peaks: list[dict] = []
         for r in range(args.repeats):
-            peaks.append(measure("peak", "mlp", args.threads, raw_root)["gflops"])
+            peaks.append(measure("peak", "mlp", args.threads, raw_root))
             for model in args.models:
                 for loop in args.loops:
                     runs.setdefault((model, loop), []).append(
                         measure(loop, model, args.threads, raw_root)
                     )
             print(f"round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
-    report(runs, statistics.median(peaks), args)
+    args.bf16_peak = statistics.median(p.get("bf16_gflops", math.nan) for p in peaks)
+    report(runs, statistics.median(p["gflops"] for p in peaks), args)
+
+
+def print_heading(peak: float, args: argparse.Namespace) -> None:
+    """Which CPU and torch (figures compare only within one CPU), how measured, what skipped."""
+    bf16_peak = getattr(args, "bf16_peak", math.nan)
+    print(f"CPU: {cpu_line()}")
+    print(f"{os.cpu_count()} cores, {args.threads} threads, batch {BATCH}, Fashion-MNIST, "
+          f"fastest window per process, median of {args.repeats} rounds; fp32 matmul peak "
+          f"{peak:.0f} GFLOP/s{'' if math.isnan(bf16_peak) else f', bf16 {bf16_peak:.0f}'}; "
+          f"% of peak: of the fp32 peak")  # fmt: skip
+    for loop in getattr(args, "skipped", []):
+        print(f"{loop}: skipped, no avx512_bf16 or amx_bf16 on this CPU (its bf16 is emulated, "
+              f"~100x slower than fp32)")  # fmt: skip
 
 
 def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.Namespace) -> None:
@@ -339,16 +384,16 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
         return statistics.median(ratios) if ratios else float("nan")
 
     def ratio(model: str, other: str, key: str = "train") -> str:
-        pairs = zip(runs.get((model, "trainkit"), []), runs.get((model, other), []), strict=False)
+        return ratio_of(model, "trainkit", other, key)
+
+    def ratio_of(model: str, loop: str, other: str, key: str = "train") -> str:
+        pairs = zip(runs.get((model, loop), []), runs.get((model, other), []), strict=False)
         ratios = sorted(a[key] / b[key] for a, b in pairs if key in a and key in b)
         if not ratios:
             return "n/a"
         return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
-    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {BATCH}, Fashion-MNIST, fastest window per process, "
-          f"median of {args.repeats} rounds; "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    print_heading(peak, args)
     print(f"{'model':5} {'loop':14} {'train/s':>9} {'eval/s':>9} {'peak RSS':>9} {'%peak':>6}")
     for model in args.models:
         flop = med(model, "bare", "flop")
@@ -357,7 +402,8 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
             share = train * flop / (peak * 1e9) * 100
             print(f"{model:5} {loop:14} {train:9,.0f} {med(model, loop, 'eval'):9,.0f} "
                   f"{med(model, loop, 'peak_rss_mb'):7,.0f}MB {share:5.0f}%")  # fmt: skip
-        best_loop = max((loop for loop in args.loops if loop.startswith("bare")),
+        fp32_bare = [loop for loop in args.loops if loop.startswith("bare") and "bf16" not in loop]
+        best_loop = max(fp32_bare,
                         key=lambda loop: med(model, loop, "train"), default="bare")  # fmt: skip
         print(f"{model}: trainkit/tutorial {ratio(model, 'tutorial')}, trainkit/bare "
               f"{ratio(model, 'bare')}, trainkit/best bare ({best_loop}) "
@@ -365,9 +411,16 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
               f"{ratio(model, 'tutorial', 'eval')}, augmentation costs "
               f"{(1 - ratio_median(model, 'trainkit+aug', 'trainkit', 'train')) * 100:.0f}% "
               f"of the step; {flop / 1e6:.1f} MFLOP per training sample")  # fmt: skip
+        if (model, "trainkit+bf16") in runs:
+            trainkit_gain = ratio_of(model, "trainkit+bf16", "trainkit")
+            bare_gain = ratio_of(model, "bare+bf16", "bare+best")
+            print(f"{model}: trainkit bf16/fp32 {trainkit_gain}, bare bf16/fp32 (both best) "
+                  f"{bare_gain}")  # fmt: skip
     if args.json:
         flat = [{"model": m, "loop": loop, **run} for (m, loop), rs in runs.items() for run in rs]
-        args.json.write_text(json.dumps({"peak_gflops": peak, "runs": flat}, indent=1))
+        heading = {"cpu": cpu_line(), "peak_gflops": peak,
+                   "bf16_peak_gflops": getattr(args, "bf16_peak", None)}  # fmt: skip
+        args.json.write_text(json.dumps({**heading, "runs": flat}, indent=1))
 
 
 if __name__ == "__main__":
