@@ -168,7 +168,8 @@ class Diagnostics(Callback):
 
     def _record(self, name: str):  # noqa: ANN202 (a hook factory)
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            out = output.detach().flatten(1)
+            # fp32 statistics of a bf16 activation (autocast): a bf16 sum of many values rounds
+            out = output.detach().flatten(1).float()
             self.activations[name] = {
                 "act_mean": out.mean(),
                 "act_std": out.std(),
