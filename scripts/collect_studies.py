@@ -89,7 +89,7 @@ def section(i: int, name: str, r: dict | None) -> list[str]:
     study = STUDIES[name]
     lines = [f"## {i}. {study.claim} — `trainkit study {name}`", "", study.setup, ""]
     if r is None:
-        return [*lines, "Not run yet.", ""]
+        return [*lines, f"Not run yet: `trainkit study {name}`, then this script.", ""]
     header = "| check | difference of means | 2 × larger std | verdict |"
     lines += [f"> `{r['result']}`", "", header, "|---|---|---|---|"]
     for c in r["checks"]:
