@@ -126,6 +126,7 @@ def small_overrides(fmnist_root: Path, model: str = "mlp") -> list[str]:
         "epochs=2",
         "batch_size=100",
         "diagnostics.pictures=false",  # matplotlib figures: ~0.5 s a run; tested on their own
+        "diagnostics.advice=false",  # checking each advice: ~0.4 s a run; test_verdict.py's
         "trainer.precision=fp32",  # auto would be bf16 on a CPU with AMX: the same numbers on all
         f"model={model}",
         *model_size[model],

@@ -155,7 +155,8 @@ def test_a_lone_run_declares_every_key_and_no_trial_name(tmp_path: Path) -> None
 def test_lr_10_with_sgd_stops_on_nan_with_a_loadable_checkpoint(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
-    overrides = [*small_overrides(fmnist_slice), "optimizer=sgd", "lr=10", "model.hidden=[256,128]"]
+    overrides = [*small_overrides(fmnist_slice), "optimizer=sgd", "lr=10", "model.hidden=[256,128]",
+                 "diagnostics.advice=true"]  # fmt: skip
     with pytest.raises(UserError) as e:
         train(overrides, tmp_path)
     message = str(e.value)
@@ -169,8 +170,8 @@ def test_lr_10_with_sgd_stops_on_nan_with_a_loadable_checkpoint(
 
 
 def test_tiny_training_set_and_big_model_is_overfit(fmnist_slice: Path, tmp_path: Path) -> None:
-    overrides = [*small_overrides(fmnist_slice), "data.train_size=100", "model.hidden=[512,512]",
-                 "epochs=30", "batch_size=25"]  # fmt: skip
+    overrides = [*small_overrides(fmnist_slice), "diagnostics.advice=true", "data.train_size=100",
+                 "model.hidden=[512,512]", "epochs=30", "batch_size=25"]  # fmt: skip
     diagnosis = train(overrides, tmp_path)["diagnosis"]
     assert diagnosis["verdict"] == "overfit"
     assert diagnosis["evidence"]["train_acc"] > 0.95 and diagnosis["evidence"]["acc_gap"] > 0.2

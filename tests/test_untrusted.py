@@ -342,7 +342,8 @@ def test_a_diverged_job_fails_the_sweep_and_is_told_to_lower_the_lr(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
     """Adam at lr=1e6: losses ~1e20, once called underfit and told to raise the lr; exit 0."""
-    args = ["-m", "lr=1e-3,1e6", *small_overrides(fmnist_slice), "hydra.sweep.dir=sweep"]
+    args = ["-m", "lr=1e-3,1e6", *small_overrides(fmnist_slice), "diagnostics.advice=true",
+            "hydra.sweep.dir=sweep"]  # fmt: skip
     result = trainkit(*args, cwd=tmp_path)
     assert result.returncode == 1
     summaries = {float(p.parent.name.split("lr=")[1].split(",")[0]): json.loads(p.read_text())

@@ -349,6 +349,7 @@ class DiagnosticsConfig:
     vanishing_ratio: float = 1.0e-3  # first/last layer gradient-norm ratio that warns
     exploding_factor: float = 100.0  # total gradient norm this many x its median warns
     pictures: bool = True  # curves.png, the confusion-matrix figure, augmented samples grid
+    advice: bool = True  # the verdict's overrides worth trying, each composed and built first
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
 

@@ -54,8 +54,9 @@ def diagnose(
     chance = chance_loss(cfg, num_classes)
     verdict, evidence = judge(history, cfg.diagnostics.verdict, diverged, initial_loss, chance,
                               num_classes)  # fmt: skip
+    wanted = cfg.diagnostics.get("advice", True)  # a config saved before the key: yes
     return {"verdict": verdict, "evidence": evidence,
-            "advice": advise(verdict, history, cfg, overrides)}  # fmt: skip
+            "advice": advise(verdict, history, cfg, overrides) if wanted else []}  # fmt: skip
 
 
 def chance_loss(cfg: DictConfig, num_classes: int | None) -> float:
