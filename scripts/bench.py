@@ -97,13 +97,26 @@ def trainkit_cfg(model: str, threads: int, augment: bool, precision: str = "fp32
 
 def run_trainkit(model: str, threads: int, augment: bool, precision: str = "fp32") -> dict:
     from trainkit import experiment, hparams
-    from trainkit.callbacks import Callback, CSVLogger, TensorBoardLogger
+    from trainkit.callbacks import Callback, CSVLogger, TensorBoardLogger, sample_every
     from trainkit.console import ProgressPrinter
     from trainkit.diagnostics import Diagnostics
     from trainkit.loop import FitState, evaluate, fit
 
     class MeasuredEnough(Callback):
-        """Stops the fit once its epochs after the warm-up are enough_windows."""
+        """Stops the fit once its epochs after the warm-up are enough_windows. A window is cut
+        from a real epoch, so the periodic costs keep a real epoch's cadence: sampled every
+        min(every_n_steps, steps_per_epoch // 4) steps of the full epoch (one sample in 100
+        steps at the defaults), not of the 100-step window (which would give four)."""
+
+        def __init__(self, tb: TensorBoardLogger, diagnostics: Diagnostics) -> None:
+            self.tb, self.diagnostics = tb, diagnostics
+
+        def on_fit_start(self, state: FitState) -> None:  # after theirs: fit calls in order
+            full_epoch = len(dataset.train) // BATCH
+            self.tb.every = sample_every(self.tb.every_n_steps, full_epoch)
+            d = cfg.diagnostics
+            self.diagnostics.every = sample_every(d.every_n_steps, full_epoch)
+            self.diagnostics.norm_every = min(d.total_norm_every_n_steps, self.diagnostics.every)
 
         def on_epoch_end(self, state: FitState, metrics: dict) -> None:
             if state.epoch == 1:  # the warm-up
@@ -118,7 +131,7 @@ def run_trainkit(model: str, threads: int, augment: bool, precision: str = "fp32
                                hparams.collect(cfg), cfg.trainer.monitor)  # fmt: skip
         callbacks = [ProgressPrinter(BATCH), tb, CSVLogger(Path(logdir) / "metrics.csv"),
                      Diagnostics(cfg.diagnostics, t.model, tb.writer)]  # fmt: skip
-        state = fit(t, dataset, [*callbacks, MeasuredEnough()])
+        state = fit(t, dataset, [*callbacks, MeasuredEnough(tb, callbacks[-1])])
         tb.close("completed")
     batch = cfg.trainer.eval_batch_size
     return {
