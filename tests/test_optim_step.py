@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def lean_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per param group the lean path updated: a fallback to optimizer.step() adds none."""
     calls: list[int] = []
     real = optim_step.update
+    assert optim_step.lean_step_works()  # checked (through `real`) before counting starts
 
     def counted(group: dict, params: list, states: list) -> None:
         calls.append(len(params))
@@ -298,3 +300,64 @@ def test_the_kernel_gets_every_tensor_row_major(monkeypatch: pytest.MonkeyPatch)
         step()
     assert len(seen) == 2 * 4 * 4  # the two lean steps: 4 lists of 4 tensors each
     assert all(t.is_contiguous() for t in seen)
+
+
+@pytest.fixture
+def fresh_check() -> object:
+    """lean_step_works is checked once per process: forget the answer around the test."""
+    optim_step.lean_step_works.cache_clear()
+    yield
+    optim_step.lean_step_works.cache_clear()
+
+
+def trained_weights(optimizer_class: type) -> dict:
+    net = two_layer_net()
+    optimizer = optimizer_class(param_groups(net, 0.01), lr=0.01, weight_decay=0.01, fused=True)
+    train(net, optimizer, steps=5, lean=True)  # through step_function, as the loop steps
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize("adamw", [False, True], ids=["adam-kernel", "adamw-kernel"])
+def test_a_torch_without_the_private_kernels_falls_back_to_the_same_weights(
+    optimizer_class: type, adamw: bool, fresh_check: None, monkeypatch: pytest.MonkeyPatch,
+    lean_updates: list[int],
+) -> None:  # fmt: skip
+    fast = trained_weights(optimizer_class)
+    assert len(lean_updates) == 4 * 2  # the fast path ran: 4 lean steps, 2 param groups
+    monkeypatch.setitem(optim_step.FUSED_KERNELS, adamw, "_fused_adam_v2_")  # renamed
+    optim_step.lean_step_works.cache_clear()
+    assert not optim_step.lean_step_works()
+    checked = len(lean_updates)  # the check's own lean steps
+    net = two_layer_net()
+    assert not isinstance(step_function(torch.optim.Adam(net.parameters(), fused=True)),
+                          LeanAdamStep)  # fmt: skip
+    fallback = trained_weights(optimizer_class)
+    assert len(lean_updates) == checked  # no lean step in training
+    for name, value in fast.items():
+        assert torch.equal(value, fallback[name]), name
+
+
+def test_a_lean_step_that_differs_from_optimizer_step_is_not_used(
+    fresh_check: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch whose kernel takes other arguments or means them differently: off by one ulp."""
+    real = optim_step.update
+
+    def off(group: dict, params: list, states: list) -> None:
+        real(group, params, states)
+        params[0].data = torch.nextafter(params[0].data, torch.full_like(params[0], math.inf))
+
+    monkeypatch.setattr(optim_step, "update", off)
+    assert not optim_step.lean_step_works()
+    monkeypatch.setattr(optim_step, "update", real)
+    optim_step.lean_step_works.cache_clear()
+    assert optim_step.lean_step_works()
+
+
+def test_a_group_without_the_decoupled_weight_decay_key_steps_through_optimizer_step() -> None:
+    """torch before 2.6 says AdamW by class, not by this key: the lean step cannot tell which
+    kernel to call, so it leaves such a group to optimizer.step()."""
+    optimizer = torch.optim.AdamW(two_layer_net().parameters(), fused=True)
+    del optimizer.param_groups[0]["decoupled_weight_decay"]
+    assert not isinstance(step_function(optimizer), LeanAdamStep)

@@ -7,10 +7,17 @@ own state. `optimizer.step()` spends ~0.1 ms per call in Python around that kern
 batch 128 on 2 CPU cores. The state stays the optimizer's, so checkpoints, resuming and
 `optimizer.state_dict()` see exactly what `optimizer.step()` would have left.
 Every other optimizer, and Adam set up in a way the lean step does not cover (amsgrad,
-capturable, differentiable, not fused, step hooks), steps with `optimizer.step()`."""
+capturable, differentiable, not fused, step hooks), steps with `optimizer.step()`.
+
+The lean step leans on torch internals (the fused kernels, the step-hook dicts, the param
+group's `decoupled_weight_decay` key), which change between torch versions. `lean_step_works`
+checks them once per process, by taking the same steps both ways on a small net and comparing
+the results bit for bit; where anything is missing or differs, every optimizer steps with
+`optimizer.step()`, which gives the same training (tests/test_optim_step.py forces this)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -18,13 +25,49 @@ from torch.optim import Adam, AdamW, Optimizer
 from torch.optim import optimizer as optimizer_module
 
 
+# torch's fused kernels, by the param group's decoupled_weight_decay (AdamW's, or Adam's).
+FUSED_KERNELS = {False: "_fused_adam_", True: "_fused_adamw_"}
+
+
 def step_function(optimizer: Optimizer) -> Callable[[], None]:
     """What the loop calls for one optimizer step: `optimizer.step()` or its lean equivalent.
     Either looks `optimizer.step` up at each call, not now: an LR scheduler made later (the lr
     finder's) wraps it, and warns if the wrapped step never ran."""
-    if type(optimizer) in (Adam, AdamW) and all(map(lean_group, optimizer.param_groups)):
+    lean = type(optimizer) in (Adam, AdamW) and all(map(lean_group, optimizer.param_groups))
+    if lean and lean_step_works():
         return LeanAdamStep(optimizer)
     return lambda: optimizer.step()
+
+
+@functools.cache
+def lean_step_works() -> bool:
+    """Whether this torch has what the lean step calls, and the lean step gives exactly what
+    `optimizer.step()` gives: three steps of Adam and AdamW (two param groups, one with weight
+    decay, a column-major weight) on a tiny net, both ways, weights and state compared bit for
+    bit. Checked once per process (~5 ms)."""
+    try:
+        return all(same_steps(kind) for kind in (Adam, AdamW))
+    except Exception:  # a private call missing or changed: KeyError, AttributeError, ...
+        return False
+
+
+def same_steps(kind: type[Optimizer]) -> bool:
+    results = []
+    for lean in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        weight = torch.randn(3, 4, generator=gen).t().contiguous().t()  # column-major
+        bias = torch.randn(3, generator=gen)
+        params = [weight.requires_grad_(), bias.requires_grad_()]
+        groups = [{"params": [weight], "weight_decay": 0.1}, {"params": [bias]}]
+        optimizer = kind(groups, lr=0.1, weight_decay=0.0, fused=True)
+        step = LeanAdamStep(optimizer) if lean else optimizer.step
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.empty_like(p).normal_(generator=gen)  # in p's layout
+            step()
+        state = optimizer.state_dict()["state"]
+        results.append([*params, *(v for s in state.values() for v in s.values())])
+    return all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
 def lean_group(group: dict) -> bool:
@@ -33,7 +76,8 @@ def lean_group(group: dict) -> bool:
         isinstance(beta, torch.Tensor) for beta in group["betas"]
     )
     unusual = group["amsgrad"] or group["capturable"] or group["differentiable"]
-    return bool(group["fused"]) and not unusual and not tensor_hyper
+    known = "decoupled_weight_decay" in group  # which kernel: AdamW's or Adam's
+    return bool(group["fused"]) and known and not unusual and not tensor_hyper
 
 
 class LeanAdamStep:
@@ -136,7 +180,7 @@ def update(group: dict, params: list[torch.Tensor], states: list[dict]) -> None:
     the functional Adam's grouping and checks took ~2% of an MLP step, and the tests hold the
     result to `optimizer.step()`'s bit for bit."""
     beta1, beta2 = group["betas"]
-    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    kernel = getattr(torch, FUSED_KERNELS[group["decoupled_weight_decay"]])
     kinds: dict[tuple, list[int]] = {}
     for i, param in enumerate(params):
         kinds.setdefault((param.device, param.dtype), []).append(i)
