@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import checkpoint, hparams, runtime
 from trainkit.hparams import HEADLINE
+from trainkit.metrics import Metric, metric
 from trainkit.run_dirs import SPLIT_RUNS
 from trainkit.schedule import current_momentum
 
@@ -235,7 +236,8 @@ class EarlyStopping(Callback):
 
     def __init__(self, cfg: Any, model: nn.Module) -> None:
         self.cfg = cfg
-        self.mode = cfg.mode or ("max" if cfg.monitor.endswith("acc") else "min")
+        self.mode = cfg.mode or metric(cfg.monitor).mode
+        self.metric = Metric(cfg.monitor, higher_is_better=self.mode == "max")
         self.model = model
         self.best = math.nan
         self.best_epoch = 0
@@ -243,13 +245,7 @@ class EarlyStopping(Callback):
         self.bad_epochs = 0
 
     def improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        if math.isnan(self.best):
-            return True
-        if self.mode == "min":
-            return value < self.best - self.cfg.min_delta
-        return value > self.best + self.cfg.min_delta
+        return self.metric.better(value, self.best, by=self.cfg.min_delta)
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
         cfg = self.cfg

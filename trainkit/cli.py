@@ -54,6 +54,7 @@ from trainkit.config import (
 )
 from trainkit.errors import Interrupted, SweepInterrupted, UserError, first_line, report
 from trainkit.files import user_error
+from trainkit.metrics import METRICS, metric
 from trainkit.sweep import FAILED_JOBS, record_failure
 
 log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
@@ -598,7 +599,7 @@ def check_launcher(cfg: DictConfig) -> list[str]:
     return []
 
 
-RANKABLE = ("val_acc", "val_loss", "train_acc", "train_loss")  # a sweep's table ranks by one
+RANKABLE = tuple(METRICS)  # a sweep's table ranks by one
 
 
 def unwritable(folder: Path) -> str | None:
@@ -629,7 +630,7 @@ def check_sweeper(cfg: DictConfig) -> list[str]:
     if "optuna" not in str(sweeper.get("_target_", "")).lower() or not isinstance(direction, str):
         return []
     monitor = cfg.trainer.monitor
-    wanted = "minimize" if monitor.endswith("loss") else "maximize"
+    wanted = metric(monitor).direction
     if direction != wanted:
         return [f"hydra.sweeper.direction={direction}, but each trial returns its best {monitor} "
                 f"(higher is better for accuracy, lower for loss): use "

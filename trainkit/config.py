@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from trainkit.errors import UserError
+from trainkit.metrics import METRICS, MONITORABLE
 
 
 def find_conf_dir() -> Path:
@@ -551,8 +552,8 @@ def validate(cfg: DictConfig) -> list[str]:
         "trainer.max_steps_per_epoch must be >= 1 (or null)",
     )
     need(
-        t.monitor in ("val_acc", "val_loss"),
-        f"trainer.monitor={t.monitor}: choose val_acc or val_loss",
+        t.monitor in MONITORABLE,
+        f"trainer.monitor={t.monitor}: choose {' or '.join(MONITORABLE)}",
     )
 
     d = cfg.data
@@ -609,9 +610,9 @@ def validate(cfg: DictConfig) -> list[str]:
         need(reg[key] is None or reg[key] > 0, f"regularization.{key} must be > 0 (or null)")
     stop = reg.early_stopping
     need(
-        stop.monitor in ("val_loss", "val_acc", "train_loss", "train_acc"),
-        f"regularization.early_stopping.monitor={stop.monitor}: "
-        "choose val_loss, val_acc, train_loss or train_acc",
+        stop.monitor in METRICS,
+        f"regularization.early_stopping.monitor={stop.monitor}: choose one of "
+        f"{', '.join(METRICS)}",
     )
     need(
         stop.mode in (None, "min", "max"),

@@ -28,6 +28,7 @@ from trainkit.augment import IMAGE_ONLY, Augment, TestTimeViews
 from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
 from trainkit.errors import UserError
+from trainkit.metrics import metric
 from trainkit.models import inference_copy
 from trainkit.optim_step import step_function
 from trainkit.schedule import current_momentum
@@ -502,13 +503,8 @@ def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
 
 
 def is_better(metrics: dict, best: dict | None, monitor: str) -> bool:
-    if best is None or math.isnan(best[monitor]):
-        return True
-    if math.isnan(metrics[monitor]):
-        return False
-    if monitor.endswith("loss"):
-        return metrics[monitor] < best[monitor]
-    return metrics[monitor] > best[monitor]
+    """The epoch's `metrics` improve on the `best` row so far (the first epoch always does)."""
+    return best is None or metric(monitor).better(metrics[monitor], best[monitor])
 
 
 def fit(

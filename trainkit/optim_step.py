@@ -24,7 +24,6 @@ import torch
 from torch.optim import Adam, AdamW, Optimizer
 from torch.optim import optimizer as optimizer_module
 
-
 # torch's fused kernels, by the param group's decoupled_weight_decay (AdamW's, or Adam's).
 FUSED_KERNELS = {False: "_fused_adam_", True: "_fused_adamw_"}
 

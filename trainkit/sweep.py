@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from trainkit.config import shorten_aliases
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_text_atomic
+from trainkit.metrics import METRICS, MONITORABLE
 
 SEED_KEY = "seed"  # trainer.seed as the user types it
 FAILED = "failed"
@@ -54,7 +55,7 @@ class Job:
             monitor = config["trainer"].get("monitor", "val_acc")
         except Exception:  # a damaged file: the folder is data, and the report goes on
             return "val_acc"
-        return monitor if monitor in ("val_acc", "val_loss") else "val_acc"
+        return monitor if monitor in MONITORABLE else "val_acc"
 
     @property
     def ok(self) -> bool:
@@ -75,8 +76,7 @@ class Job:
         rows = [row for row in self.history() if math.isfinite(row.get(metric, math.nan))]
         if not rows:
             return None
-        pick = max if maximized(metric) else min
-        return pick(rows, key=lambda row: row[metric])
+        return min(rows, key=lambda row: METRICS[metric].sort_key(row[metric]))
 
     def final(self, metric: str) -> float:
         return self._number("final", metric)
@@ -128,7 +128,7 @@ def record_failure(run_dir: Path, reason: str, job_label: str, monitor: str) -> 
     except UserError as e:  # a full disk: the failure is still said, here and in the report
         reason = f"{reason} ({e})"
     print(f"trainkit: job {job_label} failed: {reason}", file=sys.stderr, flush=True)
-    return -math.inf if maximized(monitor) else math.inf
+    return METRICS[monitor].worst()
 
 
 def read_jobs(sweep_dir: Path) -> list[Job]:
@@ -187,10 +187,6 @@ def varied_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
 
 
-def maximized(metric: str) -> bool:
-    return not metric.endswith("loss")
-
-
 def rank(jobs: list[Job], metric: str) -> list[Job]:
     """Best first by the best value of `metric`; failed or unfinished jobs last, in job order."""
 
@@ -198,7 +194,7 @@ def rank(jobs: list[Job], metric: str) -> list[Job]:
         value = job.best(metric)
         if not job.ok or math.isnan(value):
             return (1, 0.0, job.num)
-        return (0, -value if maximized(metric) else value, job.num)
+        return (0, METRICS[metric].sort_key(value), job.num)
 
     return sorted(jobs, key=key)
 
@@ -266,7 +262,7 @@ def rank_groups(groups: list[Group], metric: str) -> list[Group]:
         mean = group.stats([job.best(metric) for job in group.done])[0]
         if math.isnan(mean):
             return (1, 0.0)
-        return (0, -mean if maximized(metric) else mean)
+        return (0, METRICS[metric].sort_key(mean))
 
     return sorted(groups, key=key)
 
