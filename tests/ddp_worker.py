@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from trainkit import experiment
-from trainkit.callbacks import Callback
 from trainkit.cli import main
+from trainkit.loop import Callback
 
 
 class Recorder(Callback):

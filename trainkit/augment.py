@@ -85,7 +85,7 @@ class TestTimeViews:
     def from_config(cls, augment: DictConfig) -> TestTimeViews:
         # Runs saved before a key existed have none: select with its default.
         return cls(bool(OmegaConf.select(augment, "tta_hflip", default=False)),
-                   int(OmegaConf.select(augment, "tta_shift", default=0)))  # fmt: skip
+                   int(OmegaConf.select(augment, "tta_shift", default=0)))
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         views = [images]

@@ -10,7 +10,7 @@ import csv
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
@@ -18,28 +18,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import checkpoint, hparams, runtime
 from trainkit.hparams import HEADLINE
+from trainkit.loop import Callback, FitState
 from trainkit.metrics import Metric, metric
 from trainkit.run_dirs import SPLIT_RUNS
 from trainkit.schedule import current_momentum
-
-if TYPE_CHECKING:
-    from trainkit.loop import FitState
-
-
-class Callback:
-    """No-op defaults; a callback overrides the events it cares about. One that keeps state
-    across epochs returns it from `state_dict` so that checkpoints carry it into a resumed run."""
-
-    def on_fit_start(self, state: FitState) -> None: ...
-    def on_epoch_start(self, state: FitState) -> None: ...
-    def on_step_end(self, state: FitState) -> None: ...
-    def on_epoch_end(self, state: FitState, metrics: dict) -> None: ...
-    def on_fit_end(self, state: FitState, summary: dict) -> None: ...
-    def state_dict(self) -> dict | None:
-        return None
-
-    def load_state_dict(self, saved: dict, state: FitState) -> None: ...
-
 
 # SPLIT_RUNS: TensorBoard runs in a run's folder (Keras's convention), the same tags in each,
 # so TensorBoard draws train, validation and test of one metric on one chart, one per run.
@@ -152,7 +134,7 @@ def verdict_text(summary: dict, config_yaml: str) -> str:
     evidence = "\n".join(f"- {k}: {v:.4g}" for k, v in diagnosis["evidence"].items())
     advice = "\n".join(f"- {a}" for a in diagnosis["advice"])
     lines = [f"**{diagnosis['verdict']}**", evidence, f"worth trying:\n{advice}",
-             f"stopped: {summary['stop_reason']}"]  # fmt: skip
+             f"stopped: {summary['stop_reason']}"]
     test = summary["test"]
     if math.isfinite(test["acc"]):
         lines.append(f"test: accuracy {test['acc']:.4f}, loss {test['loss']:.4f}")
@@ -188,7 +170,7 @@ class Checkpointer(Callback):
     def __init__(
         self, folder: Path, snapshot: Any, config: dict, every_n_epochs: int | None,
         resumed: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.folder = folder
         self.snapshot = snapshot  # () -> dict of model/optimizer/scheduler state
         self.config = config
@@ -272,7 +254,7 @@ class EarlyStopping(Callback):
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "best_weights": self.best_weights}  # fmt: skip
+                "best_weights": self.best_weights}
 
     def load_state_dict(self, saved: dict, state: FitState) -> None:
         self.best, self.best_epoch, self.bad_epochs = (

@@ -73,7 +73,7 @@ def main() -> None:
         sys.exit(stop_sweep(e))
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         print("trainkit: stopped at once; checkpoints already written are intact "
-              "(trainkit resume=<run dir> goes on from the last one)", file=sys.stderr)  # fmt: skip
+              "(trainkit resume=<run dir> goes on from the last one)", file=sys.stderr)
         sys.exit(130)
     except UserError as e:  # one raised outside a job: Hydra's own files, a sweep's report
         report("trainkit", e)
@@ -134,7 +134,7 @@ def stop_sweep(e: SweepInterrupted) -> int:
         report = sweep.build_report(folder, jobs[0].monitor)
         sweep.print_report(report, sweep.write(report))
     print(f"trainkit: {e}; the sweep stopped after {len(jobs)} job(s) and its later jobs did "
-          "not start: run the sweep again for them", file=sys.stderr)  # fmt: skip
+          "not start: run the sweep again for them", file=sys.stderr)
     return 128 + e.signum
 
 
@@ -150,10 +150,10 @@ def dispatch() -> None:
     prefix = f"trainkit {command}" if command and command != "resume" else "trainkit"
     if under_torchrun() and command and command != "resume":
         sys.exit(refuse(prefix, [f"`trainkit {command}` does not run under torchrun: run it as a "
-                                 "plain command (torchrun is for one training run)"]))  # fmt: skip
+                                 "plain command (torchrun is for one training run)"]))
     if command == "resume" and args[0] == "resume":
         sys.exit(refuse(prefix, ["resume takes the run as resume=<run dir>: "
-                                 "trainkit resume=outputs/<date>/<time>"]))  # fmt: skip
+                                 "trainkit resume=outputs/<date>/<time>"]))
     if args and (typo := did_you_mean(args[0])):
         sys.exit(refuse(prefix, [typo]))
     own = COMMANDS[command].own_keys if command else ()
@@ -259,7 +259,7 @@ def join_torchrun(multirun: bool) -> list[str]:
     others get a throwaway one for Hydra's own files, and a silent console."""
     if multirun:
         return ["-m sweeps do not run under torchrun: launch one torchrun per job "
-                "(or sweep with hydra/launcher=submitit_slurm)"]  # fmt: skip
+                "(or sweep with hydra/launcher=submitit_slurm)"]
     if not is_rank_zero():
         import atexit
         import shutil
@@ -270,7 +270,7 @@ def join_torchrun(multirun: bool) -> list[str]:
         scratch = tempfile.mkdtemp(prefix=f"trainkit-rank{os.environ['RANK']}-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={run_dirs.hydra_value(Path(scratch))}",
-                     "hydra.output_subdir=null"]  # fmt: skip
+                     "hydra.output_subdir=null"]
         console.console.quiet = True
     return []
 
@@ -396,7 +396,7 @@ def resume(args: list[str]) -> int:
         if is_rank_zero():  # under torchrun, the others stay quiet
             resuming.log_to_run_dir(run_dir)
             log.info("resumed from %s at epoch %d, step %d; later lines continue from there",
-                     targets[0], saved["epoch"], saved["step"])  # fmt: skip
+                     targets[0], saved["epoch"], saved["step"])
         else:
             from trainkit import console
 
@@ -435,7 +435,7 @@ def study(args: list[str]) -> int:
         return 2
     except Interrupted as e:  # the variant in flight saved last.pt; the study has no result
         message = (f"{e} (that variant alone); the study stopped before its figure and result: "
-                   f"run `trainkit study {args[0]}` again for them")  # fmt: skip
+                   f"run `trainkit study {args[0]}` again for them")
         print(f"trainkit study: {message}", file=sys.stderr)
         return 128 + e.signum
     return 0
@@ -459,7 +459,7 @@ def compare(args: list[str]) -> int:
         error = "name one sweep dir: trainkit compare outputs/multirun/<date>/<time>"
     elif not jobs:
         error = (f"{folders[0]} holds no sweep jobs (folders with .hydra/overrides.yaml): "
-                 "name a dir under outputs/multirun/")  # fmt: skip
+                 "name a dir under outputs/multirun/")
     elif metric not in RANKABLE:
         error = f"rank_by={metric}: choose one of {', '.join(RANKABLE)}"
     if error:
@@ -472,7 +472,7 @@ def compare(args: list[str]) -> int:
     if damaged:  # the folder is data: the report goes on, and says what it could not read
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         print(f"trainkit compare: error: {damaged[0]}: that job is reported as failed{more}",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         return 2
     return 1 if report.failed else 0
 
@@ -508,7 +508,7 @@ def preflight(overrides: list[str], multirun: bool, check_data: bool = True) -> 
                     errors.append(line)
         if not errors:
             fixed = [text for o, text in zip(parser.parse_overrides(overrides), overrides,
-                                             strict=True) if not o.is_sweep_override()]  # fmt: skip
+                                             strict=True) if not o.is_sweep_override()]
             errors += check_hydra_settings(fixed, multirun)
     GlobalHydra.instance().clear()
     return errors
@@ -526,11 +526,11 @@ def check_hydra_settings(overrides: list[str], multirun: bool) -> list[str]:
     problem = unwritable(Path(str(OmegaConf.select(cfg, key))))
     if problem:
         return [f"cannot write the run's outputs: {problem}; choose another folder with "
-                f"{key}=<folder> (or run from a folder you can write)"]  # fmt: skip
+                f"{key}=<folder> (or run from a folder you can write)"]
     rank_by = OmegaConf.select(cfg, "hydra.callbacks.sweep_summary.rank_by")
     if rank_by is not None and rank_by not in RANKABLE:
         return [f"hydra.callbacks.sweep_summary.rank_by={rank_by}: choose one of "
-                f"{', '.join(RANKABLE)}"]  # fmt: skip
+                f"{', '.join(RANKABLE)}"]
     return check_launcher(cfg) + check_sweeper(cfg) if multirun else []
 
 
@@ -595,7 +595,7 @@ def check_launcher(cfg: DictConfig) -> list[str]:
     n_jobs = cfg.hydra.launcher.get("n_jobs")
     if isinstance(n_jobs, int) and n_jobs == 0:  # joblib: -1 is one job per core, -2 all but one
         return ["hydra.launcher.n_jobs=0: choose how many jobs run at once (e.g. 4), or -1 for "
-                "one per core"]  # fmt: skip
+                "one per core"]
     return []
 
 
@@ -634,7 +634,7 @@ def check_sweeper(cfg: DictConfig) -> list[str]:
     if direction != wanted:
         return [f"hydra.sweeper.direction={direction}, but each trial returns its best {monitor} "
                 f"(higher is better for accuracy, lower for loss): use "
-                f"hydra.sweeper.direction={wanted}"]  # fmt: skip
+                f"hydra.sweeper.direction={wanted}"]
     return []
 
 
@@ -668,7 +668,7 @@ def check_job(overrides: list[str], check_data: bool = True) -> list[str]:
         if text.startswith("+") and not (CONF_DIR / text[1:].partition("=")[0]).is_dir():
             key = text[1:].partition("=")[0]
             return [f"{text}: trainkit declares every key and {key} is not one; "
-                    "`trainkit --cfg job` lists them all"]  # fmt: skip
+                    "`trainkit --cfg job` lists them all"]
     try:
         cfg = compose("config", overrides=overrides)
     except MissingConfigException as e:
@@ -707,14 +707,14 @@ def composition_message(e: ConfigCompositionException, overrides: list[str]) -> 
         reason = first_line(e.__cause__)
         return f"{shorten_aliases(match.group(1))}: {reason[0].lower()}{reason[1:]}"
     match = re.search(r"In 'experiment/([^']+)': ConfigKeyError.*full_key: (\S+)", str(e),
-                      re.DOTALL)  # fmt: skip
+                      re.DOTALL)
     if match:  # a preset sets a key that the option chosen beside it does not have
         preset, key = match.groups()
         preset = next((o for o in overrides if o.startswith("experiment=")), preset)
         group = key.partition(".")[0]
         chosen = next((o for o in overrides if o.startswith(f"{group}=")), group)
         return (f"{preset} sets {key}, which {chosen} does not have: drop {chosen} (the "
-                "preset picks its own) or choose another experiment")  # fmt: skip
+                "preset picks its own) or choose another experiment")
     return first_line(e)
 
 

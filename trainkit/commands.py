@@ -143,7 +143,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
          "trainkit compare outputs/multirun/2024-05-01/12-00-00 rank_by=val_loss"),
         handler=True,
     ),
-)}  # fmt: skip
+)}
 
 HELP_FLAGS = ("--help", "-h")
 
@@ -274,7 +274,7 @@ def quote_existing_paths(args: list[str], own_keys: tuple[str, ...] = ()) -> lis
         key, sep, value = text.partition("=")
         plain = re.fullmatch(r"[A-Za-z0-9_./\-+@%:~]*", value) is not None
         if not sep or plain or text.startswith("-") or key in own_keys or key == "resume" \
-                or value[:1] in ("'", '"') or not os.path.exists(value):  # fmt: skip
+                or value[:1] in ("'", '"') or not os.path.exists(value):
             quoted.append(text)
             continue
         from trainkit.run_dirs import hydra_value

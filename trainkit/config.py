@@ -30,7 +30,7 @@ def find_conf_dir() -> Path:
         if (candidate / "config.yaml").is_file():
             return candidate
     raise RuntimeError(f"trainkit's config tree is missing: no conf/config.yaml in or beside "
-                       f"{package}; reinstall trainkit")  # fmt: skip
+                       f"{package}; reinstall trainkit")
 
 
 CONF_DIR = find_conf_dir()
@@ -484,7 +484,7 @@ def alias_conflicts(overrides: list[str]) -> list[str]:
         keys = {text.partition("=")[0].lstrip("+~") for text in spelled}
         if alias in keys and path in keys:
             errors.append(f"{' and '.join(spelled)} both set {path} ({alias} is short for it): "
-                          "give it once")  # fmt: skip
+                          "give it once")
     return errors
 
 
@@ -519,7 +519,6 @@ def shorten_aliases(overrides: str) -> str:
 
 def validate(cfg: DictConfig) -> list[str]:
     """Every range or consistency problem in a composed config, one line each."""
-    from trainkit.schedule import is_plateau  # torch: not for --help
     errors = non_finite(cfg)
     if errors:  # the checks below compare numbers, which NaN and inf would confuse
         return errors
@@ -544,7 +543,7 @@ def validate(cfg: DictConfig) -> list[str]:
     need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")
     need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
     need(t.precision in PRECISIONS,
-         f"trainer.precision={t.precision}: choose one of {', '.join(PRECISIONS)}")  # fmt: skip
+         f"trainer.precision={t.precision}: choose one of {', '.join(PRECISIONS)}")
     every = t.checkpoint_every_n_epochs
     need(every is None or every >= 1, "trainer.checkpoint_every_n_epochs must be >= 1 (or null)")
     need(
@@ -567,7 +566,7 @@ def validate(cfg: DictConfig) -> list[str]:
     )
     need(d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)")
     need((d.mean is None) == (d.std is None) and len(d.mean or []) == len(d.std or []),
-         "data.mean and data.std need one value per channel (or both null)")  # fmt: skip
+         "data.mean and data.std need one value per channel (or both null)")
     need(all(s > 0 for s in d.std or []), "data.std values must be > 0")
 
     need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
@@ -590,11 +589,6 @@ def validate(cfg: DictConfig) -> list[str]:
     interval = cfg.scheduler.get("interval", "epoch")
     need(interval in ("step", "epoch"), f"scheduler.interval={interval}: choose step or epoch")
     sch = cfg.scheduler
-    need(
-        not is_plateau(sch) or sch.get("interval", "epoch") == "epoch",
-        "scheduler=plateau watches the validation loss, known once per epoch: "
-        "set scheduler.interval=epoch",
-    )
     need(0 <= sch.get("warmup_fraction", 0) < 1, "scheduler.warmup_fraction must be in [0, 1)")
     need(0 < sch.get("pct_start", 0.5) < 1, "scheduler.pct_start must be in (0, 1)")
     need(0 < sch.get("gamma", 0.5) <= 1, "scheduler.gamma must be in (0, 1]")
@@ -652,7 +646,7 @@ def non_finite(cfg: DictConfig) -> list[str]:
     for key, value in leaves(OmegaConf.to_container(cfg, resolve=True)):
         if isinstance(value, float) and not math.isfinite(value):
             errors.append(f"{shorten_aliases(f'{key}={value}')}: not a finite number; "
-                          "write one such as 1e-3")  # fmt: skip
+                          "write one such as 1e-3")
     return errors
 
 

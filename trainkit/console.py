@@ -28,8 +28,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from trainkit.callbacks import Callback
-from trainkit.loop import FitState
+from trainkit.loop import Callback, FitState
 from trainkit.precision import latest as latest_precision
 
 if TYPE_CHECKING:
@@ -62,7 +61,7 @@ def plural(n: int, noun: str, nouns: str | None = None) -> str:
 def print_header(
     cfg: DictConfig, run_dir: Path, dataset: Data, training: Training, overrides: list[str],
     choices: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     """Five lines that say what this run is: where it writes, what was asked, on what data,
     which model and optimizer, on which device at which precision."""
     asked = " ".join(overrides) if overrides else "none (the default experiment)"
@@ -128,7 +127,7 @@ def print_diagnosis(diagnosis: dict) -> None:
     )
     console.print(f"[bold]verdict: {diagnosis['verdict']}[/] ({evidence})", soft_wrap=True)
     console.print("  worth trying: " + "; ".join(diagnosis["advice"]), highlight=False,
-                  soft_wrap=True)  # fmt: skip
+                  soft_wrap=True)
     log.info("verdict: %s (%s)", diagnosis["verdict"], evidence)
 
 
@@ -225,7 +224,7 @@ def print_summary(summary: dict) -> None:
         verdict = summary["diagnosis"]["verdict"]
         line = (f"test acc {test['acc']:.4f} (loss {test['loss']:.4f}), best val acc "
                 f"{best['val_acc']:.4f} at epoch {best['epoch']}; verdict: {verdict}; "
-                f"{ending}")  # fmt: skip
+                f"{ending}")
         console.print(line, highlight=False, soft_wrap=True)
         log.info(line)
         return
@@ -263,7 +262,7 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
             str(row["rank"]), *(escape(str(row[k])) for k in report.keys), _num(row[f"best_{m}"]),
             str(row["best_epoch"]), _num(row["final_val_loss"]), _num(row["test_acc"]),
             escape(str(row["epochs_run"])), f"{row['time_s']:.1f}s" if ok else "-",
-        ]  # fmt: skip
+        ]
         if failures:
             cells.append(escape(row["status"]))
         table.add_row(*cells, style=None if ok else "red")
@@ -288,7 +287,7 @@ def sweep_tables(report: Any, jobs: list[dict], groups: list[dict]) -> None:
         table.add_row(
             *(row[k] for k in keys), n,
             *(_mean_std(row, name) for name in (f"best_{m}", "final_val_loss", "test_acc")),
-        )  # fmt: skip
+        )
     console.print(table)
 
 

@@ -217,7 +217,7 @@ def load_svhn(folder: Path) -> tuple[np.ndarray, ...]:
         from scipy.io import loadmat
     except ImportError:
         raise UserError("data.name=SVHN reads MATLAB files with scipy: pip install scipy (or "
-                        "torch-trainkit[svhn])") from None  # fmt: skip
+                        "torch-trainkit[svhn])") from None
     arrays = []
     for name in SVHN_FILES:
         try:
@@ -229,7 +229,7 @@ def load_svhn(folder: Path) -> tuple[np.ndarray, ...]:
                 raise ValueError(f"a label {labels.min()}..{labels.max()} outside 1..10")
         except Exception as e:  # a damaged or foreign file
             raise UserError(f"{folder / name} is not an SVHN file ({first_line(e)[:100]}): "
-                            "reinstall it") from None  # fmt: skip
+                            "reinstall it") from None
         arrays += [images.transpose(3, 2, 0, 1).copy(), labels.astype(np.int64) % 10]
     return tuple(arrays)
 
@@ -304,10 +304,10 @@ DATASETS = {
         "set data.root=DIR holding train_32x32.mat and test_32x32.mat",
         DIGITS, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
     ),
-}  # fmt: skip
+}
 # data=torchvision takes torchvision's class names: data.name=MNIST
 TORCHVISION_NAMES = {"FashionMNIST": "fashion_mnist", "CIFAR10": "cifar10", "MNIST": "mnist",
-                     "KMNIST": "kmnist", "CIFAR100": "cifar100", "SVHN": "svhn"}  # fmt: skip
+                     "KMNIST": "kmnist", "CIFAR100": "cifar100", "SVHN": "svhn"}
 
 
 def search_folders(cfg: DictConfig) -> list[Path]:
@@ -322,12 +322,12 @@ def spec(cfg: DictConfig) -> DatasetSpec:
     if cfg.name == "image_folder":
         from trainkit import image_folder  # PIL: only for image folders
 
-        return image_folder.spec(cfg)
+        return DatasetSpec(**image_folder.spec_fields(cfg))
     name = TORCHVISION_NAMES.get(cfg.name, cfg.name)
     if name not in DATASETS:
         names = ", ".join([*DATASETS, "image_folder"])
         raise UserError(f"data.name={cfg.name}: choose one of {names} (or torchvision's names: "
-                        f"{', '.join(TORCHVISION_NAMES)})")  # fmt: skip
+                        f"{', '.join(TORCHVISION_NAMES)})")
     return DATASETS[name]
 
 
@@ -372,7 +372,7 @@ def download(cfg: DictConfig) -> Path:
     dataset_class = getattr(torchvision.datasets, spec(cfg).torchvision_class)
     # torchvision checks each file's MD5 against the one it knows before anything reads it.
     splits = [{"split": "train"}, {"split": "test"}] if spec(cfg).torchvision_class == "SVHN" \
-        else [{"train": True}, {"train": False}]  # fmt: skip
+        else [{"train": True}, {"train": False}]
     try:
         for split in splits:
             dataset_class(root=str(folder), download=True, **split)
@@ -580,7 +580,7 @@ class Normalizer:
         # A fresh float tensor (a copy even when given floats: the caller's stays as it was),
         # then two in-place passes: one addcmul with broadcast factors measured 3-4x slower.
         x = images.to(torch.float32, memory_format=self.memory_format,
-                      copy=images.is_floating_point())  # fmt: skip
+                      copy=images.is_floating_point())
         scale, shift = self.factors(x.shape[1:])
         return x.mul_(scale).add_(shift)
 

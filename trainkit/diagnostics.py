@@ -240,7 +240,7 @@ class Diagnostics(Callback):
     # -- resume: the norms not yet written, the median's history, the alerts already given
     def state_dict(self) -> dict:
         return {"pending_norms": self.pending_norms(), "norm_history": list(self.norm_history),
-                "alerted": sorted(self.alerted)}  # fmt: skip
+                "alerted": sorted(self.alerted)}
 
     def load_state_dict(self, saved: dict, state: FitState) -> None:
         device = self.trainable[0].device if self.trainable else None

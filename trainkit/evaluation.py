@@ -34,7 +34,7 @@ from trainkit.transfer import checkpoint_path
 def evaluate_checkpoint(
     cfg: DictConfig, out_dir: Path, ckpt: list[str] | None = None,
     split: list[str] | None = None, weights: list[str] | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     if not ckpt:
         raise UserError("evaluate needs ckpt=<run dir or checkpoint .pt>")
     which = (split or ["test"])[0]
@@ -64,7 +64,7 @@ def evaluate_checkpoint(
     # As the run scored them: the test set with its test-time views, val with the image alone
     tta = TestTimeViews.from_config(run_cfg.augment) if which == "test" else IMAGE_ONLY
     metrics = evaluate(model, target, normalize, build_loss(run_cfg.loss), batch, tta,
-                       dataset.num_classes)  # fmt: skip
+                       dataset.num_classes)
     matrix = metrics.pop("confusion_matrix")
     result = {
         "checkpoint": str(path),
@@ -104,7 +104,7 @@ def weights_file(ckpt: str, weights: list[str] | None) -> Path:
     if not folder.is_dir():
         if weights:
             raise UserError(f"weights={which} picks a file in a run folder, but ckpt={ckpt} "
-                            "names a checkpoint file already")  # fmt: skip
+                            "names a checkpoint file already")
         return checkpoint_path(ckpt)
     path = folder / "checkpoints" / f"{which}.pt"
     if not path.is_file():

@@ -28,7 +28,7 @@ from trainkit.config import shorten_aliases
 from trainkit.run_dirs import SPLIT_RUNS
 
 GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "regularization", "augment",
-          "trainer")  # fmt: skip
+          "trainer")
 CORE_KEYS = ("optimizer.lr", "trainer.batch_size", "trainer.epochs", "trainer.seed")
 # Overrides that say where things are, not how training goes.
 NOT_HPARAMS = ("data.root", "data.download", "trainer.device", "trainer.overwrite")
@@ -51,7 +51,7 @@ def metric_names(monitor: str) -> list[tuple[str, str, str]]:
     of `tag` in the TensorBoard run `<job>/<group>` (Keras's layout: train/, validation/, test/
     beside the job's own records; "" is the job's own folder)."""
     splits = [(SPLIT_RUNS[split], f"{HEADLINE}/{kind}", f"{split} {kind}")
-              for split in ("val", "train", "test") for kind in ("accuracy", "loss")]  # fmt: skip
+              for split in ("val", "train", "test") for kind in ("accuracy", "loss")]
     return [*splits, ("", best_tag(monitor), f"best {monitor}")]
 
 
@@ -125,7 +125,7 @@ def write_start(writer: SummaryWriter, hparams: dict, monitor: str, run_dir: Pat
         api_pb2.HParamInfo(name=key, display_name=shorten_aliases(f"{key}=").rstrip("="),
                            type=data_type(hparams[key]), differs=key in swept)
         for key in columns
-    ]  # fmt: skip
+    ]
     metrics = [
         api_pb2.MetricInfo(name=api_pb2.MetricName(group=group, tag=tag), display_name=title)
         for group, tag, title in metric_names(monitor)
@@ -138,7 +138,7 @@ def write_start(writer: SummaryWriter, hparams: dict, monitor: str, run_dir: Pat
         setattr(start.hparams[key], field, value)
     write(writer, metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
     write(writer, metadata.SESSION_START_INFO_TAG,
-          plugin_data_pb2.HParamsPluginData(session_start_info=start))  # fmt: skip
+          plugin_data_pb2.HParamsPluginData(session_start_info=start))
 
 
 def trial_name(hparams: dict, swept: list[str], run_dir: Path) -> str:
@@ -161,7 +161,7 @@ def as_text(value: bool | float | str) -> str:
 def write_end(writer: SummaryWriter, status: str) -> None:
     end = plugin_data_pb2.SessionEndInfo(status=STATUS[status], end_time_secs=time.time())
     write(writer, metadata.SESSION_END_INFO_TAG,
-          plugin_data_pb2.HParamsPluginData(session_end_info=end))  # fmt: skip
+          plugin_data_pb2.HParamsPluginData(session_end_info=end))
 
 
 def write(writer: SummaryWriter, tag: str, content: plugin_data_pb2.HParamsPluginData) -> None:

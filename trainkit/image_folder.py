@@ -42,10 +42,9 @@ def class_names(root: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
 
 
-def spec(cfg: DictConfig) -> object:
-    """A DatasetSpec for these settings: its shape and classes come from them and the folder."""
-    from trainkit.data import DatasetSpec
-
+def spec_fields(cfg: DictConfig) -> dict:
+    """data.DatasetSpec's fields for these settings: shape and classes come from them and the
+    folder."""
     if cfg.channels not in (1, 3):
         raise UserError(f"data.channels={cfg.channels}: choose 1 (grey) or 3 (RGB)")
     if cfg.size < 1:
@@ -59,16 +58,16 @@ def spec(cfg: DictConfig) -> object:
         test_fraction=cfg.test_fraction,
         seed=cfg.split_seed,
     )
-    return DatasetSpec(
-        (cfg.channels, cfg.size, cfg.size),
-        find,
-        read,
-        "",
-        HOW_TO_GET,
-        names or ("class 0",),
-        (0.5,) * cfg.channels,
-        (0.25,) * cfg.channels,
-    )
+    return {
+        "input_shape": (cfg.channels, cfg.size, cfg.size),
+        "find": find,
+        "read": read,
+        "torchvision_class": "",
+        "how_to_get": HOW_TO_GET,
+        "class_names": names or ("class 0",),
+        "mean": (0.5,) * cfg.channels,
+        "std": (0.25,) * cfg.channels,
+    }
 
 
 def load(

@@ -75,7 +75,7 @@ def measure(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss_fn: nn
             "act_pred": math.sqrt(fan_in * w2 * s["a2"]),
             "grad_std": s["grad_std"],
             "grad_pred": math.sqrt(fan_out * w2 * s["g2"]),
-        })  # fmt: skip
+        })
     return rows
 
 
@@ -125,7 +125,7 @@ def drift(rows: list[dict], i: int) -> str:
 
 def table(report: dict, signal: str) -> Table:
     title = {"act": "activation std per layer, measured (predicted)",
-             "grad": "input-gradient std per layer, measured (predicted)"}[signal]  # fmt: skip
+             "grad": "input-gradient std per layer, measured (predicted)"}[signal]
     t = Table(title=title, title_justify="left")
     t.add_column("layer")
     for scheme in report:

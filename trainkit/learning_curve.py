@@ -43,7 +43,7 @@ STILL_FALLING = 0.05  # relative fall of val loss between the last two sizes
 def learning_curve(
     cfg: DictConfig, out_dir: Path, sizes: list[str] | None = None,
     keep: list[str] | None = None, steps: list[str] | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     values, held, budget = parse_sizes(sizes), parse_keep(keep, steps), parse_steps(steps)
     plan, basis = epochs_plan(cfg, train_counts(cfg, values), held, budget)
     console.console.print(f"learning curve: {basis}", highlight=False, soft_wrap=True)
@@ -62,7 +62,7 @@ def learning_curve(
             "val_loss": final["val_loss"],
             "train_acc": final["train_acc"],
             "val_acc": final["val_acc"],
-        })  # fmt: skip
+        })
     points.sort(key=lambda p: p["train_size"])
     verdict = f"{judge(points)}; {basis}"
     write_outputs(points, verdict, out_dir, f"the same {held.replace('steps', 'optimizer steps')}")
@@ -76,7 +76,7 @@ def parse_sizes(sizes: list[str] | None) -> list[float]:
         values = [float(s) for s in sizes or DEFAULT_SIZES]
     except ValueError:
         raise UserError(f"sizes={','.join(sizes)}: give counts or fractions, e.g. "
-                        "sizes=1000,4000,0.5") from None  # fmt: skip
+                        "sizes=1000,4000,0.5") from None
     if any(v <= 0 for v in values):
         raise UserError("sizes must be > 0: counts (> 1) or fractions (<= 1)")
     return values
@@ -98,10 +98,10 @@ def parse_keep(keep: list[str] | None, steps: list[str] | None) -> str:
     held = (keep or ["steps"])[0]
     if held not in ("steps", "epochs"):
         raise UserError(f"keep={held}: choose steps (the same optimizer steps for every size) "
-                        "or epochs")  # fmt: skip
+                        "or epochs")
     if held == "epochs" and steps:
         raise UserError("steps= sets the budget of keep=steps; keep=epochs trains "
-                        "trainer.epochs at every size")  # fmt: skip
+                        "trainer.epochs at every size")
     return held
 
 
@@ -115,11 +115,11 @@ def epochs_plan(
         spread = f"{min(per_epoch) * epochs:,} to {max(per_epoch) * epochs:,} steps"
         return [epochs] * len(counts), (
             f"every size trained {epochs} epochs ({spread}): the small sizes trained less, so "
-            "the curve mixes data with training length")  # fmt: skip
+            "the curve mixes data with training length")
     budget = budget or max(per_epoch) * epochs
     plan = [max(1, round(budget / n)) for n in per_epoch]
     return plan, f"every size trained about {budget:,} optimizer steps (epochs: " + ", ".join(
-        f"{e} for {n:,}" for e, n in zip(plan, counts, strict=True)) + ")"  # fmt: skip
+        f"{e} for {n:,}" for e, n in zip(plan, counts, strict=True)) + ")"
 
 
 def parse_steps(steps: list[str] | None) -> int | None:
@@ -143,7 +143,7 @@ def judge(points: list[dict]) -> str:
         sizes = f"{points[-2]['train_size']:,} to {points[-1]['train_size']:,} samples"
         return f"more data would help: val loss still fell {fall:.0%} from {sizes}"
     return (f"val loss has flattened ({fall:+.0%} over the last size): more data will not help "
-            "much; a bigger model, longer training or less regularization will")  # fmt: skip
+            "much; a bigger model, longer training or less regularization will")
 
 
 def write_outputs(points: list[dict], verdict: str, out_dir: Path, held: str) -> None:
@@ -159,7 +159,7 @@ def write_outputs(points: list[dict], verdict: str, out_dir: Path, held: str) ->
     )
     ax.plot(sizes, [p["val_loss"] for p in points], "-s", label="val loss (last epoch)")
     ax.set(xscale="log", xlabel="training-set size", ylabel="loss",
-           title=f"learning curve: {held} for every size")  # fmt: skip
+           title=f"learning curve: {held} for every size")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.text(0.01, 0.01, verdict[:160], fontsize=6, wrap=True)

@@ -25,7 +25,6 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from trainkit import distributed
 from trainkit.augment import IMAGE_ONLY, Augment, TestTimeViews
-from trainkit.callbacks import Callback
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
 from trainkit.errors import UserError
 from trainkit.metrics import metric
@@ -96,7 +95,7 @@ class EpochProgress:
             "sums": {key: value.to(device) for key, value in saved["sums"].items()},
             "correct": saved["correct"].to(device),
             "nonfinite_at": saved["nonfinite_at"].to(device),
-        })  # fmt: skip
+        })
 
 
 @dataclass
@@ -152,6 +151,21 @@ class FitState:
         state.history, state.best = saved["history"], saved["best"]
         state.initial_loss = float(saved.get("initial_loss", math.nan))  # older checkpoints: none
         return state
+
+
+class Callback:
+    """No-op defaults; a callback overrides the events it cares about. One that keeps state
+    across epochs returns it from `state_dict` so that checkpoints carry it into a resumed run."""
+
+    def on_fit_start(self, state: FitState) -> None: ...
+    def on_epoch_start(self, state: FitState) -> None: ...
+    def on_step_end(self, state: FitState) -> None: ...
+    def on_epoch_end(self, state: FitState, metrics: dict) -> None: ...
+    def on_fit_end(self, state: FitState, summary: dict) -> None: ...
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, saved: dict, state: FitState) -> None: ...
 
 
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
@@ -351,7 +365,7 @@ def train_epoch(
     stop_if_diverged(p.nonfinite_at, t.optimizer, state)
     steps = max(1, p.batches_done)
     out = {"loss": p.sums["loss"].item() / p.seen, "acc": p.correct.item() / p.seen,
-           "samples": p.seen}  # fmt: skip
+           "samples": p.seen}
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
     out |= {key: p.sums[key].item() / steps for key, enabled in on.items() if enabled}
     return out
@@ -451,7 +465,7 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
 def predict(
     model: nn.Module, images: torch.Tensor, normalize: Normalizer,
     tta: TestTimeViews = IMAGE_ONLY,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Logits for a batch of stored images: with `tta`, the mean of its views' logits."""
     logits = [model(normalize(view)) for view in tta(images)]
     return logits[0] if len(logits) == 1 else torch.stack(logits).mean(dim=0)
@@ -461,7 +475,7 @@ def predict(
 def evaluate(
     model: nn.Module, split: Split, normalize: Normalizer, loss_fn: LossFn, batch_size: int,
     tta: TestTimeViews = IMAGE_ONLY, num_classes: int | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats).
     With `num_classes`, also "confusion_matrix": [true, predicted] counts from the same
     predictions (a second pass would double the cost: 7.6 s of the speedrun's 10-view test).
@@ -496,7 +510,7 @@ def steps_per_epoch(n_train: int, trainer: DictConfig) -> int:
     if steps == 0:  # only under torchrun: fewer samples than ranks
         raise UserError(f"{n_train} training samples cannot be shared between "
                         f"{distributed.world_size()} processes: use more data (data.train_size) "
-                        "or fewer processes")  # fmt: skip
+                        "or fewer processes")
     if trainer.max_steps_per_epoch is not None:
         steps = min(steps, trainer.max_steps_per_epoch)
     return steps
@@ -590,7 +604,7 @@ def stop_on_signals(state: FitState) -> Iterator[None]:
         state.interrupted = signum
         if distributed.is_main():  # under torchrun every rank is told; one says so
             print(f"\n{signal.Signals(signum).name}: stopping after this step to save last.pt "
-                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)  # fmt: skip
+                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
     watched = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.signal(signum, handler) for signum in watched}

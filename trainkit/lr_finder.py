@@ -23,10 +23,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import console
-from trainkit.callbacks import Callback
 from trainkit.errors import UserError
 from trainkit.experiment import build
-from trainkit.loop import Diverged, FitState, train_epoch
+from trainkit.loop import Callback, Diverged, FitState, train_epoch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the file-only backend)

@@ -202,7 +202,7 @@ class ResNet(nn.Module):
                 BasicBlock(in_ch if b == 0 else width, width, 2 if i > 0 and b == 0 else 1,
                            residual, activation, batch_norm)
                 for b in range(blocks)
-            ]  # fmt: skip
+            ]
             stages.append(nn.Sequential(*stage))
             in_ch = width
         self.stages = nn.Sequential(*stages)

@@ -45,7 +45,7 @@ def confusion_figure(matrix: torch.Tensor, names: list[str]) -> plt.Figure:  # [
         for j in range(n):
             color = "white" if share[i, j] > 0.5 else "black"
             ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=size + 2,
-                    color=color, fontweight="bold" if i == j else "normal")  # fmt: skip
+                    color=color, fontweight="bold" if i == j else "normal")
     ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=size + 1)
     ax.set_yticks(range(n), names, fontsize=size + 1)
     ax.set_xlabel("predicted", fontsize=size + 2)
@@ -73,7 +73,7 @@ def sweep_comparison_png(report: Any, path: Path) -> None:
         epochs = [row["epoch"] for row in history]
         for ax, metric in ((acc_ax, "val_acc"), (loss_ax, "val_loss")):
             ax.plot(epochs, [row[metric] for row in history], "-o", ms=3, color=color,
-                    alpha=0.8, label=label if new else None)  # fmt: skip
+                    alpha=0.8, label=label if new else None)
     acc_ax.set(xlabel="epoch", ylabel="val accuracy", title="val accuracy")
     loss_ax.set(xlabel="epoch", ylabel="val loss", title="val loss")
     for ax in (acc_ax, loss_ax):
@@ -132,5 +132,5 @@ def lr_vs_loss(report: Any, ax: plt.Axes) -> None:
                 ax.plot([lr], [top], "x", ms=9, color=line.get_color())
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log)", ylabel="final val loss",
-           title="final val loss vs lr (x: failed)")  # fmt: skip
+           title="final val loss vs lr (x: failed)")
     ax.legend(fontsize=7)

@@ -87,13 +87,13 @@ def choose_explicit(precision: str, device: torch.device) -> Choice:
     if device.type == "cuda":
         if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise UserError("trainer.precision=bf16: this GPU has no bf16; use "
-                            "trainer.precision=fp16 (with loss scaling) or fp32")  # fmt: skip
+                            "trainer.precision=fp16 (with loss scaling) or fp32")
         return Choice(dtype, asked)
     if device.type == "cpu" and any(f in runtime.cpu_flags() for f in FAST_CPU_FLAGS[dtype]):
         return Choice(dtype, asked)
     where = device.type.upper()
     warning = (f"{asked}: this {where} has no fast {precision} matmul (it would run many "
-               f"times slower than fp32): training in fp32")  # fmt: skip
+               f"times slower than fp32): training in fp32")
     return Choice(None, f"{asked}, but this {where} has no fast {precision}", warning)
 
 
@@ -108,7 +108,7 @@ def choose_auto(device: torch.device) -> Choice:
         return Choice(None, "auto: no avx512_bf16 or amx_bf16 on this CPU")
     speedups = cached_probe()
     measured = (f"bf16 matmul {speedups['matmul']:.2f}x, conv {speedups['conv']:.2f}x fp32 "
-                f"on this CPU")  # fmt: skip
+                f"on this CPU")
     fast = min(speedups["matmul"], speedups["conv"]) >= MIN_SPEEDUP
     return Choice(torch.bfloat16 if fast else None, f"auto: {measured}")
 
@@ -126,7 +126,7 @@ def cache_key() -> str:
     and torch's version: a new torch may bring new kernels."""
     info = runtime.cpu_info()
     return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
-            f"{info.get('model', '?')}), torch {torch.__version__}")  # fmt: skip
+            f"{info.get('model', '?')}), torch {torch.__version__}")
 
 
 def read_cache(path: Path) -> dict[str, dict[str, float]]:

@@ -23,11 +23,10 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from trainkit import checkpoint, init, layout, losses, runtime, schedule
-from trainkit.callbacks import Callback
 from trainkit.config import compose_config, shorten_aliases
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
-from trainkit.loop import FitState, Training
+from trainkit.loop import Callback, FitState, Training
 from trainkit.run_dirs import SPLIT_RUNS
 
 # Where and how to run may change on resume; what is trained may not.
@@ -41,12 +40,12 @@ def find_checkpoint(target: str) -> tuple[Path, Path]:
         path = path / "checkpoints" / "last.pt"
         if not path.is_file():
             raise UserError(f"resume={target}: no checkpoints/last.pt there: name a run dir "
-                            "(outputs/<date>/<time>) or a checkpoint file")  # fmt: skip
+                            "(outputs/<date>/<time>) or a checkpoint file")
     elif not path.is_file():
         raise UserError(f"resume={target}: no such run dir or checkpoint: check the path")
     if path.parent.name != "checkpoints":
         raise UserError(f"resume={target}: a resumed run goes on in its own run dir: name a "
-                        "checkpoint inside <run dir>/checkpoints/")  # fmt: skip
+                        "checkpoint inside <run dir>/checkpoints/")
     return path, path.parent.parent
 
 
@@ -122,9 +121,9 @@ def comparable(key: str, node: object) -> object:
 # What restore() reads, with the type it must have: a damaged file gets one line, not a
 # traceback from deep inside the restore.
 RESUME_STATE = {"model": dict, "optimizer": dict, "rng": dict, "fit": dict, "callbacks": dict,
-                "config": dict, "epoch": int, "step": int, "saved_at": float}  # fmt: skip
+                "config": dict, "epoch": int, "step": int, "saved_at": float}
 FIT_STATE = {"epochs": int, "steps_per_epoch": int, "epoch": int, "step": int,
-             "generator": torch.Tensor, "history": list}  # fmt: skip
+             "generator": torch.Tensor, "history": list}
 
 
 def check_resume_state(saved: dict, path: Path) -> None:

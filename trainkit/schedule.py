@@ -59,7 +59,7 @@ def build_scheduler(
     try:
         factory = instantiate(args, _partial_=True)
         schedule = factory(optimizer, total=total) if takes_total(factory.func) else (
-            factory(optimizer))  # fmt: skip
+            factory(optimizer))
     except UserError:
         raise
     except (InstantiationException, TypeError, ValueError) as e:
@@ -69,6 +69,9 @@ def build_scheduler(
             f"scheduler._target_={target} gave a {type(schedule).__name__}, not a torch "
             "LRScheduler: name a scheduler class (with _partial_: true)"
         )
+    if isinstance(schedule, sched.ReduceLROnPlateau) and interval != "epoch":
+        raise UserError("scheduler=plateau watches the validation loss, known once per epoch: "
+                        "set scheduler.interval=epoch")
     return schedule
 
 
@@ -85,11 +88,6 @@ def legacy(cfg: DictConfig) -> DictConfig:
     return from_legacy_name(cfg, "scheduler", LEGACY)
 
 
-def is_plateau(cfg: DictConfig) -> bool:
-    """The schedule steps on the validation loss, known once per epoch."""
-    return str(legacy(cfg).get("_target_", "")).endswith("ReduceLROnPlateau")
-
-
 def cosine(optimizer: Optimizer, total: int, eta_min: float = 0.0) -> sched.LRScheduler:
     """Cosine annealing from lr to eta_min over the run."""
     return sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=eta_min)
@@ -98,7 +96,7 @@ def cosine(optimizer: Optimizer, total: int, eta_min: float = 0.0) -> sched.LRSc
 def warmup_cosine(
     optimizer: Optimizer, total: int, warmup_fraction: float = 0.05,
     warmup_start_factor: float = 0.01, eta_min: float = 0.0,
-) -> sched.LRScheduler:  # fmt: skip
+) -> sched.LRScheduler:
     """A linear ramp from warmup_start_factor x lr over warmup_fraction of the run, then
     cosine annealing to eta_min."""
     warmup = max(1, math.ceil(warmup_fraction * total))
@@ -116,7 +114,7 @@ def one_cycle(
     optimizer: Optimizer, total: int, pct_start: float = 0.3, div_factor: float = 25.0,
     final_div_factor: float = 1.0e4, anneal_strategy: str = "cos", cycle_momentum: bool = True,
     base_momentum: float = 0.85, max_momentum: float = 0.95,
-) -> sched.LRScheduler:  # fmt: skip
+) -> sched.LRScheduler:
     """torch's OneCycleLR peaking at the optimizer's own lr (per param group)."""
     defaults = optimizer.defaults
     if cycle_momentum and "momentum" not in defaults and "betas" not in defaults:

@@ -162,7 +162,7 @@ def stats(values: list[float]) -> dict:
 def aggregate(per_seed: list[Measured]) -> dict[str, dict[str, dict]]:
     groups = per_seed[0].values
     return {g: {m: stats([s.values[g][m] for s in per_seed]) for m in metrics}
-            for g, metrics in groups.items()}  # fmt: skip
+            for g, metrics in groups.items()}
 
 
 def judge(check: Check, agg: dict[str, dict[str, dict]]) -> dict:
@@ -174,7 +174,7 @@ def judge(check: Check, agg: dict[str, dict[str, dict]]) -> dict:
     ok = math.isfinite(diff) and predicted and abs(diff) > spread
     return {"text": check.text, "metric": check.metric, "a": check.a, "b": check.b,
             "difference": diff, "threshold": spread,
-            "verdict": "supported" if ok else "not supported"}  # fmt: skip
+            "verdict": "supported" if ok else "not supported"}
 
 
 def fmt_stat(s: dict) -> str:
@@ -213,7 +213,7 @@ def symmetry(runs: dict[str, Run], user: list[str]) -> Measured:
     for label, r in runs.items():
         w = r.weights()["net.fc1.weight"]  # [hidden, inputs]
         values[label] = {"identical_units": float(identical_units(w)), "hidden": float(len(w)),
-                         "val_acc": r.last("val_acc")}  # fmt: skip
+                         "val_acc": r.last("val_acc")}
     return Measured(values)
 
 
@@ -237,7 +237,7 @@ def with_grad_ratio(
     def measured(runs: dict[str, Run], user: list[str]) -> Measured:
         ratios, profiles = grad_ratios(name, user)
         values = {label: {"log10_grad_ratio": ratios[label],
-                          **{k: r.last(k) for k in keys}} for label, r in runs.items()}  # fmt: skip
+                          **{k: r.last(k) for k in keys}} for label, r in runs.items()}
         return Measured(values, profiles)
 
     return measured
@@ -245,7 +245,7 @@ def with_grad_ratio(
 
 def residual(runs: dict[str, Run], user: list[str]) -> Measured:
     return Measured({k: {"train_loss": r.last("train_loss"), "val_acc": r.last("val_acc")}
-                     for k, r in runs.items()})  # fmt: skip
+                     for k, r in runs.items()})
 
 
 def learning_rate(runs: dict[str, Run], user: list[str]) -> Measured:
@@ -259,7 +259,7 @@ def learning_rate(runs: dict[str, Run], user: list[str]) -> Measured:
         "suggested", seed_dir / "lr=suggested", lambda: run(cfg, seed_dir / "lr=suggested")
     )
     values = {k: {"val_acc": r.last("val_acc"), "diverged": float(r.failed is not None)}
-              for k, r in {**runs, "suggested": tuned}.items()}  # fmt: skip
+              for k, r in {**runs, "suggested": tuned}.items()}
     values["suggested"]["log10_lr"] = math.log10(suggested)
     return Measured(values)
 
@@ -273,12 +273,12 @@ def last_of(*keys: str) -> Callable[[dict[str, Run], list[str]], Measured]:
 
 def losses(runs: dict[str, Run], user: list[str]) -> Measured:
     return Measured({k: {"train_loss_epoch1": r.first("train_loss"),
-                         "train_loss": r.last("train_loss")} for k, r in runs.items()})  # fmt: skip
+                         "train_loss": r.last("train_loss")} for k, r in runs.items()})
 
 
 def overfitting_gap(runs: dict[str, Run], user: list[str]) -> Measured:
     return Measured({k: {"gap": r.last("train_acc") - r.last("val_acc"),
-                         "val_acc": r.last("val_acc")} for k, r in runs.items()})  # fmt: skip
+                         "val_acc": r.last("val_acc")} for k, r in runs.items()})
 
 
 def sparsity(runs: dict[str, Run], user: list[str]) -> Measured:
@@ -288,7 +288,7 @@ def sparsity(runs: dict[str, Run], user: list[str]) -> Measured:
         values[label] = {"zero_fraction": float((w == 0).double().mean()),  # exactly zero
                          "below_1e-3": float((w.abs() < 1e-3).double().mean()),
                          "mean_abs": float(w.abs().double().mean()),
-                         "val_acc": r.last("val_acc")}  # fmt: skip
+                         "val_acc": r.last("val_acc")}
     return Measured(values)
 
 
@@ -300,7 +300,7 @@ def early_stopping(runs: dict[str, Run], user: list[str]) -> Measured:
         "no_early_stopping": {"epochs_run": float(len(full.history)), "best_val_epoch": best},
         "early_stopping": {"epochs_run": float(len(stopped.history)), "kept_epoch": kept,
                            "kept_minus_best": kept - best},
-    })  # fmt: skip
+    })
 
 
 BN_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -398,7 +398,7 @@ STUDIES: dict[str, Study] = {
             Check("large init explodes them", "log10_grad_ratio", "large", "he_normal"),
         ],
         "input-gradient std at init",
-    ),  # fmt: skip
+    ),
     "sigmoid_vs_relu": Study(
         "Sigmoid activations in deep networks make gradients vanish; ReLU does not.",
         "Eight layers of 128, SGD with momentum (lr 0.01); sigmoid with xavier_normal against "
@@ -424,7 +424,7 @@ STUDIES: dict[str, Study] = {
             Check("sigmoid trains worse", "train_loss", "sigmoid", "relu"),
         ],
         "input-gradient std at init",
-    ),  # fmt: skip
+    ),
     "xavier_vs_he": Study(
         "Xavier/Glorot init suits sigmoid/tanh; He init suits ReLU.",
         "Twenty layers of 128, SGD with momentum (lr 0.01), the same 300 optimizer steps for "
@@ -452,7 +452,7 @@ STUDIES: dict[str, Study] = {
             Check("ReLU: He trains better than Xavier", "train_loss", "relu+xavier", "relu+he"),
         ],
         "input-gradient std at init",
-    ),  # fmt: skip
+    ),
     "residual": Study(
         "Residual connections let a deep network train where its plain twin struggles.",
         "ResNet with widths [4, 8, 16] and 7 blocks per stage (21 blocks, 44 layers, batch "
@@ -480,7 +480,7 @@ STUDIES: dict[str, Study] = {
             Check("residual trains to a lower loss", "train_loss", "plain", "residual"),
             Check("residual validates better", "val_acc", "residual", "plain"),
         ],
-    ),  # fmt: skip
+    ),
     "learning_rate": Study(
         "A learning rate too low converges slowly, too high diverges; a range test finds a "
         "good one.",
@@ -496,7 +496,7 @@ STUDIES: dict[str, Study] = {
             Check("too high diverges", "diverged", "lr=10", "lr=0.1"),
             Check("the range test's lr beats the low one", "val_acc", "suggested", "lr=0.001"),
         ],
-    ),  # fmt: skip
+    ),
     "momentum": Study(
         "Momentum speeds up convergence of gradient descent.",
         "MLP (128 hidden), lr 0.01, no schedule: SGD against SGD with momentum 0.9. Measure: "
@@ -526,7 +526,7 @@ STUDIES: dict[str, Study] = {
             Check("Adam ends lower than SGD", "train_loss", "sgd_lr0.01", "adam_lr1e-3"),
             Check("RMSprop ends lower than SGD", "train_loss", "sgd_lr0.01", "rmsprop_lr1e-3"),
         ],
-    ),  # fmt: skip
+    ),
     "dropout": Study(
         "Dropout narrows the gap between training and validation accuracy.",
         "MLP [512, 512] on 5,500 training images for 20 epochs (so it overfits), dropout 0 "
@@ -569,7 +569,7 @@ STUDIES: dict[str, Study] = {
             Check("subgradient L1 zeroes weights (vs L2)", "zero_fraction", "l1_subgradient", "l2"),
             Check("L2 shrinks weights", "mean_abs", "none", "l2"),
         ],
-    ),  # fmt: skip
+    ),
     "augmentation": Study(
         "Data augmentation reduces overfitting.",
         "Default CNN on 2,750 training images for 10 epochs, augment=none against "
@@ -606,7 +606,7 @@ STUDIES: dict[str, Study] = {
         early_stopping,
         ["epochs_run", "best_val_epoch", "kept_epoch", "kept_minus_best"],
         [Check("early stopping halts early", "epochs_run", "no_early_stopping", "early_stopping")],
-    ),  # fmt: skip
+    ),
     "batch_norm": Study(
         "Batch normalization speeds up and stabilizes training.",
         "MLP with 6 ReLU layers of 256, with and without batch norm, plain SGD (no schedule) at "
@@ -637,7 +637,7 @@ STUDIES: dict[str, Study] = {
             Check("batch norm spreads final losses less", "final_loss_spread", "no_bn", "bn"),
             Check("batch norm speeds up", "train_loss_epoch1_lr0.03", "no_bn", "bn"),
         ],
-    ),  # fmt: skip
+    ),
     "learning_curves": Study(
         "Learning curves against training-set size tell underfitting from overfitting.",
         "An MLP with 8 hidden units (small) and one with [512, 512] (large), on 550, 2,200 and "
@@ -668,7 +668,7 @@ STUDIES: dict[str, Study] = {
             ),
         ],
         plan=equal_steps,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -687,7 +687,7 @@ def curve_panels(axes: list, study: Study, seeds: list[dict[str, Run]]) -> None:
             for label, r in runs.items():
                 ax.plot([h["epoch"] for h in r.history], [h[metric] for h in r.history], "-o",
                         ms=2, lw=1, alpha=0.7, color=colour[label],
-                        label=label if i == 0 else None)  # fmt: skip
+                        label=label if i == 0 else None)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} (one line per seed)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -715,15 +715,15 @@ def size_panel(ax: plt.Axes, agg: dict) -> None:
         for key, style in (("train_loss", "--o"), ("val_loss", "-s")):
             ax.errorbar(sizes, [agg[g][key]["mean"] for g in labels],
                         yerr=[agg[g][key]["std"] for g in labels], fmt=style, color=colour,
-                        ms=4, capsize=3, label=f"{model} {key}")  # fmt: skip
+                        ms=4, capsize=3, label=f"{model} {key}")
     ax.set(xscale="log", xlabel="training-set size (equal optimizer steps)",
-           ylabel="loss (mean ± std over seeds)", title="learning curves")  # fmt: skip
+           ylabel="loss (mean ± std over seeds)", title="learning curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
 
 
 def figure(name: str, study: Study, seeds: list[dict[str, Run]], measured: list[Measured],
-           agg: dict, path: Path) -> None:  # fmt: skip
+           agg: dict, path: Path) -> None:
     extra = 1 if measured[0].profiles or name == "learning_curves" else 0
     panels = len(study.panels) + extra + 1
     fig, axes = plt.subplots(1, panels, figsize=(max(4.5 * panels, 9), 4), squeeze=False)
@@ -733,7 +733,7 @@ def figure(name: str, study: Study, seeds: list[dict[str, Run]], measured: list[
         for i, m in enumerate(measured):
             for label, values in m.profiles.items():
                 ax.plot(range(1, len(values) + 1), values, "-o", ms=2, lw=1, color=colour[label],
-                        label=label if i == 0 else None)  # fmt: skip
+                        label=label if i == 0 else None)
         ax.set(xlabel="layer", yscale="log", title=f"{study.profile_label} (per seed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -775,7 +775,7 @@ def run_study(name: str, args: list[str], out_dir: Path) -> dict:
               "stats": agg, "checks": verdicts, "rule": SPREAD_RULE, "seeds": list(range(n)),
               "per_seed": [m.values for m in measured], "overrides": user,
               "variants": study.variants, "cpu": cpu_model(), "torch": torch.__version__,
-              "wall_s": round(time.monotonic() - started, 1)}  # fmt: skip
+              "wall_s": round(time.monotonic() - started, 1)}
     (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     console.console.print(f"[bold]{name}:[/] {line}", soft_wrap=True, highlight=False)
     where = f"figure: {out_dir / f'{name}.png'}; TensorBoard: tensorboard --logdir {out_dir}"

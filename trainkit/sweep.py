@@ -287,7 +287,7 @@ def job_rows(report: Report) -> list[dict[str, Any]]:
             "epochs_run": job.summary.get("epochs_run", ""),  # not "epochs": a key one may sweep
             "time_s": number(job.summary.get("wall_time_s")),
             "reason": job.reason,
-        })  # fmt: skip
+        })
     return rows
 
 
@@ -350,7 +350,7 @@ def print_report(report: Report, written: list[Path]) -> None:
     console.print(
         f"{files}; compare the curves: tensorboard --logdir {report.sweep_dir}",
         highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    )
 
 
 class SweepSummary(Callback):

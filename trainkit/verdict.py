@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -37,6 +38,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainkit.config import CONF_DIR, compose_config, expand_aliases, validate
 
+# Raises if a config cannot be built; the bool: its model or data changed (a forward pass).
+Builds = Callable[[DictConfig, bool], None]
+
 SPIKE_FACTOR = 1.5  # as loop.DIVERGED_FACTOR: an epoch this far above the start spiked
 CHANCE_MARGIN = 1.05  # a val loss this far above the start is worse than guessing
 HINTS = {"overfit": ["more training data"], "good fit": ["a sweep of lr around this one"]}
@@ -45,18 +49,19 @@ HINTS = {"overfit": ["more training data"], "good fit": ["a sweep of lr around t
 def diagnose(
     history: list[dict], cfg: DictConfig, diverged: bool = False,
     overrides: list[str] | None = None, initial_loss: float = math.nan,
-    num_classes: int | None = None,
-) -> dict:  # fmt: skip
+    num_classes: int | None = None, builds: Builds | None = None,
+) -> dict:
     """{'verdict': ..., 'evidence': {numbers}, 'advice': [overrides worth trying next, hints]}.
     `cfg`: the run's config; `overrides`: the command line it was composed from (None: not
     known, as for a run started from Python: the advice is checked against `cfg` itself);
-    `initial_loss`: the first step's training loss; `num_classes` sets chance."""
+    `initial_loss`: the first step's training loss; `num_classes` sets chance; `builds`: what
+    checks that a suggestion builds (experiment.check_builds), as trainkit does before a run."""
     chance = chance_loss(cfg, num_classes)
     verdict, evidence = judge(history, cfg.diagnostics.verdict, diverged, initial_loss, chance,
-                              num_classes)  # fmt: skip
+                              num_classes)
     wanted = cfg.diagnostics.get("advice", True)  # a config saved before the key: yes
-    return {"verdict": verdict, "evidence": evidence,
-            "advice": advise(verdict, history, cfg, overrides) if wanted else []}  # fmt: skip
+    advice = advise(verdict, history, cfg, overrides, builds) if wanted else []
+    return {"verdict": verdict, "evidence": evidence, "advice": advice}
 
 
 def chance_loss(cfg: DictConfig, num_classes: int | None) -> float:
@@ -71,7 +76,7 @@ def chance_loss(cfg: DictConfig, num_classes: int | None) -> float:
 def judge(
     history: list[dict], rules: DictConfig, diverged: bool = False,
     initial_loss: float = math.nan, chance: float = math.nan, num_classes: int | None = None,
-) -> tuple[str, dict]:  # fmt: skip
+) -> tuple[str, dict]:
     """The verdict and the numbers it rests on (the rules in this module's docstring)."""
     if not history:  # stopped inside the first epoch
         return ("diverged" if diverged else "good fit"), {"epochs": 0}
@@ -86,7 +91,7 @@ def judge(
         "train_acc": last["train_acc"], "val_acc": last["val_acc"], "acc_gap": gap,
         "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
         "val_loss_rise_since_best": rise, "epochs": last["epoch"],
-    }  # fmt: skip
+    }
     start = max((x for x in (initial_loss, chance) if math.isfinite(x)), default=math.nan)
     peak = max(history, key=lambda m: m["train_loss"])
     spiked = peak["train_loss"] > SPIKE_FACTOR * start  # False when start is NaN
@@ -95,7 +100,7 @@ def judge(
     if math.isfinite(start):
         evidence |= {"initial_loss": initial_loss, "chance_loss": chance,
                      "peak_train_loss": peak["train_loss"],
-                     "peak_epoch": peak["epoch"]}  # fmt: skip
+                     "peak_epoch": peak["epoch"]}
     if diverged or last["train_loss"] > first["train_loss"] or not all(map(math.isfinite, losses)):
         verdict = "diverged"
     elif spiked or wrong:
@@ -112,10 +117,12 @@ def judge(
 
 
 def advise(
-    verdict: str, history: list[dict], cfg: DictConfig, overrides: list[str] | None
+    verdict: str, history: list[dict], cfg: DictConfig, overrides: list[str] | None,
+    builds: Builds | None = None,
 ) -> list[str]:
-    """The verdict's candidate overrides that compose and change something, then its hints."""
-    check = Checker(cfg, overrides)
+    """The verdict's candidate overrides that compose, validate, build (`builds`, if given)
+    and change something, then its hints."""
+    check = Checker(cfg, overrides, builds)
     return [o for o in candidates(verdict, history, cfg) if check.changes(o)] + HINTS.get(
         verdict, []
     )
@@ -134,13 +141,13 @@ def candidates(verdict: str, history: list[dict], cfg: DictConfig) -> list[str]:
     if verdict == "overfit":
         return ["regularization.l2=1e-4", "optimizer=adamw", "model.dropout=0.3",
                 "augment=standard", "regularization=early_stopping",
-                "data.train_size=null"]  # fmt: skip
+                "data.train_size=null"]
     if verdict == "underfit":
         pairs = zip(history, history[1:], strict=False)
         falling = all(b["train_loss"] < a["train_loss"] for a, b in pairs)
         faster = [f"lr={number(lr * 3)}"] if falling and len(history) > 1 else []
         return [*bigger_model(cfg), f"epochs={epochs * 2}", *faster, "regularization.l2=0",
-                "regularization.l1=0", "model.dropout=0", "model.input_dropout=0"]  # fmt: skip
+                "regularization.l1=0", "model.dropout=0", "model.input_dropout=0"]
     if verdict == "plateaued":
         return ["scheduler=plateau", "scheduler=onecycle", f"lr={lower_lr(cfg, 3)}"]
     return [f"epochs={epochs * 2}"]  # good fit: more of the same while val loss still falls
@@ -184,8 +191,9 @@ class Checker:
     with one given last; a group=option is composed with the run's overrides, or, when they are
     not known, that option's config takes the group's place."""
 
-    def __init__(self, cfg: DictConfig, overrides: list[str] | None) -> None:
+    def __init__(self, cfg: DictConfig, overrides: list[str] | None, builds: Builds | None) -> None:
         self.cfg = cfg
+        self.builds = builds
         self.overrides = expand_aliases(list(overrides)) if overrides is not None else None
         self.base = plain(cfg)
 
@@ -197,7 +205,8 @@ class Checker:
             changed = plain(new)
             if changed == self.base:  # the run does it already
                 return False
-            build(new, model=any(changed[k] != self.base[k] for k in ("model", "data")))
+            if self.builds is not None:
+                self.builds(new, any(changed[k] != self.base[k] for k in ("model", "data")))
         except Exception:  # any failure to compose, validate or build: not advice to give
             return False
         return True
@@ -213,26 +222,6 @@ class Checker:
         with open_dict(new):
             new[group] = copy.deepcopy(group_option(group, option))
         return new
-
-
-def build(cfg: DictConfig, model: bool) -> None:
-    """The pre-flight dry build when the model or data changed (a forward pass: up to 2 s for a
-    ResNet on a busy CPU); otherwise only optimizer, schedule, initializer and loss, on a
-    one-weight stand-in model."""
-    import torch  # not for --help
-
-    from trainkit import experiment
-    from trainkit.init import build_fill
-    from trainkit.losses import build_loss
-    from trainkit.schedule import build_scheduler
-
-    if model:
-        experiment.dry_build(cfg)
-        return
-    optimizer = experiment.build_optimizer(cfg.optimizer, torch.nn.Linear(1, 1))
-    build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
-    build_fill(cfg.init)
-    build_loss(cfg.loss)
 
 
 @functools.cache
