@@ -131,7 +131,7 @@ def run_trainkit(model: str, threads: int, augment: bool, precision: str = "fp32
                                hparams.collect(cfg), cfg.trainer.monitor)  # fmt: skip
         callbacks = [ProgressPrinter(BATCH), tb, CSVLogger(Path(logdir) / "metrics.csv"),
                      Diagnostics(cfg.diagnostics, t.model, tb.writer)]  # fmt: skip
-        state = fit(t, dataset, [*callbacks, MeasuredEnough(tb, callbacks[-1])])
+        state = fit(t, dataset, [*callbacks, MeasuredEnough(tb, callbacks[-1])]).state
         tb.close("completed")
     batch = cfg.trainer.eval_batch_size
     return {

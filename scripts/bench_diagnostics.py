@@ -24,7 +24,7 @@ def epoch_times(overrides: list[str]) -> tuple[float, float]:
         cfg = compose("config", overrides=expand_aliases(overrides))
     with tempfile.TemporaryDirectory() as d:
         summary = run(cfg, Path(d))
-    final = summary["final"]
+    final = summary.final
     return final["train_time_s"], final["epoch_time_s"]
 
 

@@ -40,10 +40,10 @@ class Recorder(Callback):
 def record_into(out: Path) -> None:
     fit = experiment.fit
 
-    def fit_and_record(training, dataset, callbacks, state=None):  # type: ignore[no-untyped-def]
+    def fit_and_record(training, dataset, callbacks, state=None, saved=None):  # type: ignore[no-untyped-def]
         recorder = Recorder(training.model)
         try:
-            return fit(training, dataset, [*callbacks, recorder], state)
+            return fit(training, dataset, [*callbacks, recorder], state, saved)
         finally:
             path = out / f"rank{os.environ['RANK']}.json"
             path.write_text(json.dumps({"steps": recorder.steps, "epochs": recorder.epochs}))

@@ -166,6 +166,10 @@ def test_batches_cover_every_sample_once_and_shuffle_by_generator() -> None:
     assert all(torch.equal(idx, y) for idx, _, y in shuffled)  # indices name the samples
     again = data.shuffled_batches(split, 4, torch.Generator().manual_seed(0))
     assert torch.equal(flat, torch.cat([y for _, _, y in again]))
+    # An epoch resumed at its second batch gets the rest of the same order, nothing gathered
+    # for the batch it skips
+    later = data.shuffled_batches(split, 4, torch.Generator().manual_seed(0), start=1)
+    assert torch.equal(flat[4:], torch.cat([y for _, _, y in later]))
 
 
 @pytest.mark.parametrize("n, expected_steps", [(11, 3), (10, 2), (8, 2)])

@@ -25,7 +25,7 @@ DEEP = "model.hidden=[64,64,64,64,64,64,64,64,64,64]"  # a 10-layer MLP
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:
-    return run(compose_config(overrides), run_dir)
+    return run(compose_config(overrides), run_dir).as_dict()
 
 
 def layer_grad_norms(run_dir: Path) -> dict[str, float]:

@@ -29,8 +29,8 @@ def test_data_model_and_steps_live_on_the_gpu(fmnist_slice: Path, tmp_path: Path
     assert dataset.train.images.is_cuda and dataset.train.images.dtype is torch.uint8
     assert all(p.is_cuda for p in training.model.parameters())
     summary = run(cfg, tmp_path / "run")
-    assert summary["device"].startswith("cuda")
-    assert summary["test"]["acc"] > 0.5
+    assert summary.device.startswith("cuda")
+    assert summary.test["acc"] > 0.5
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -46,14 +46,14 @@ def test_autocast_trains_in_low_precision(
     with training.precision_context(torch.device("cuda")):
         assert training.forward(x).dtype is training.autocast
     summary = run(cfg, tmp_path / precision)
-    assert summary["test"]["acc"] > 0.5
+    assert summary.test["acc"] > 0.5
 
 
 def test_compiled_training_matches_eager(fmnist_slice: Path, tmp_path: Path) -> None:
     base = [*small_overrides(fmnist_slice, "cnn"), "epochs=1", "trainer.deterministic=true"]
     eager = run(compose_config(base), tmp_path / "eager")
     compiled = run(compose_config([*base, "trainer.compile=true"]), tmp_path / "compiled")
-    assert compiled["final"]["train_loss"] == pytest.approx(eager["final"]["train_loss"], rel=1e-3)
+    assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-3)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

@@ -107,7 +107,7 @@ def test_fine_tuning_a_frozen_backbone_on_other_classes(fmnist_slice: Path, tmp_
         assert torch.equal(tuned[name], source[name]), name  # frozen: bit-identical
     assert not torch.equal(tuned["net.fc2.weight"], source["net.fc2.weight"])  # trained on
     assert tuned["net.head.weight"].shape == (3, 32)  # new head for 3 classes
-    assert summary["best"]["val_acc"] > 0.5  # 3 classes: chance is 1/3
+    assert summary.best["val_acc"] > 0.5  # 3 classes: chance is 1/3
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(

@@ -136,7 +136,7 @@ def test_the_header_and_summary_say_which_precision_and_why(
     out = capsys.readouterr().out
     why = "auto: bf16 matmul 2.50x, conv 1.90x fp32 on this CPU"
     assert f"thread{'s' if torch.get_num_threads() > 1 else ''}), bf16 ({why})" in out
-    assert summary["precision"] == {"dtype": "bf16", "reason": why}
+    assert summary.precision == {"dtype": "bf16", "reason": why}
     assert json.loads((tmp_path / "fast" / "summary.json").read_text())["precision"] == {
         "dtype": "bf16", "reason": why,
     }  # fmt: skip

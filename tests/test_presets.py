@@ -54,6 +54,6 @@ def test_each_speed_preset_runs_from_start_to_test_score(
     with (tmp_path / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == [2]
-    assert json.loads((tmp_path / "summary.json").read_text())["test"] == summary["test"]
-    assert summary["dataset"]["test"] == SLICE_TEST  # scored over the whole test slice
-    assert_test_acc_counts_the_test_set(summary)
+    assert json.loads((tmp_path / "summary.json").read_text())["test"] == summary.test
+    assert summary.dataset["test"] == SLICE_TEST  # scored over the whole test slice
+    assert_test_acc_counts_the_test_set(summary.as_dict())

@@ -13,7 +13,7 @@ from torch import nn
 from trainkit.augment import Augment, random_translate
 from trainkit.callbacks import EarlyStopping
 from trainkit.data import Normalizer, Split
-from trainkit.loop import FitState, Training, train_epoch
+from trainkit.loop import FitState, Training, restore_if_asked, train_epoch
 
 from .conftest import compose_config, small_overrides
 
@@ -74,7 +74,8 @@ def test_clip_by_value_clamps_every_entry() -> None:
 
 
 def scripted_early_stopping(curve: list[float], **cfg: object) -> tuple[FitState, nn.Module]:
-    """Feed a scripted metric curve; the model's weight records the epoch it was saved at."""
+    """Feed a scripted metric curve as fit does (early stopping asks for the best weights, fit
+    restores them); the model's weight records the epoch it was saved at."""
     model = nn.Linear(1, 1, bias=False)
     settings = {"monitor": "val_loss", "mode": None, "patience": 2, "min_delta": 0.0,
                 "restore_best": True} | cfg  # fmt: skip
@@ -85,6 +86,7 @@ def scripted_early_stopping(curve: list[float], **cfg: object) -> tuple[FitState
         with torch.no_grad():
             model.weight.fill_(epoch)  # "training" changes the weights every epoch
         stopper.on_epoch_end(state, {settings["monitor"]: value})
+        restore_if_asked(model, state)
         if state.stop:
             break
     return state, model
@@ -186,7 +188,7 @@ def test_penalties_and_grad_norm_reach_metrics_and_tensorboard(
     overrides = [*small_overrides(fmnist_slice), "regularization.l1=1e-5",
                  "regularization.l2=1e-4", "regularization.clip_grad_norm=5.0"]  # fmt: skip
     summary = run(compose_config(overrides), tmp_path)
-    final = summary["final"]
+    final = summary.final
     assert final["l1"] > 0 and final["l2"] > 0 and math.isfinite(final["grad_norm"])
     penalties = {"curves/loss_l1", "curves/loss_l2"}  # train's, beside its loss
     assert penalties <= scalar_tags(tmp_path / "train")
@@ -296,7 +298,7 @@ def test_validation_scores_the_image_alone_and_the_test_set_its_views(fmnist_sli
                           "augment.translate=1", "augment.tta_hflip=true",
                           "augment.tta_shift=1"])  # fmt: skip
     dataset, training = build(cfg)
-    state = fit(training, dataset, [])
+    state = fit(training, dataset, []).state
     model, normalize, loss_fn = training.model, training.normalize, training.loss_fn
     image = evaluate(model, dataset.val, normalize, loss_fn, 500)
     views = evaluate(model, dataset.val, normalize, loss_fn, 500, training.tta)

@@ -63,7 +63,7 @@ def test_fp16_scales_the_loss_and_its_scaler_is_checkpointed(
     summary = run(compose_config(overrides), tmp_path)
     saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert saved["scaler"]["scale"] > 1  # loss scaling on (torch starts at 2**16)
-    assert summary["best"]["val_acc"] > 0.3  # it learned (chance: 0.1)
+    assert summary.best["val_acc"] > 0.3  # it learned (chance: 0.1)
 
 
 def test_compiled_training_computes_what_eager_training_does(

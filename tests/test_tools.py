@@ -39,7 +39,7 @@ def test_lr_find_on_the_default_cnn_suggests_an_lr_that_trains_well(
     # Check it: the suggested lr trains the CNN on the slice well above chance.
     overrides = [*slice_data(fmnist_slice), f"lr={suggested}", "epochs=3"]
     summary = run(compose_config(overrides), tmp_path / "check")
-    assert summary["best"]["val_acc"] > 0.7
+    assert summary.best["val_acc"] > 0.7
 
 
 def test_init_report_on_a_deep_tanh_mlp(fmnist_slice: Path, tmp_path: Path) -> None:
@@ -102,12 +102,12 @@ def test_a_run_leaves_curves_png_confusion_matrix_and_augmented_samples(
     overrides = [*small_overrides(fmnist_slice), "augment=standard", "diagnostics.pictures=true"]
     summary = run(compose_config(overrides), tmp_path)
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    matrix = summary["confusion_matrix"]
+    matrix = summary.confusion_matrix
     counts = matrix["counts"]
     assert matrix["classes"][0] == "T-shirt/top" and len(counts) == 10
     assert sum(map(sum, counts)) == SLICE_TEST
     correct = sum(counts[i][i] for i in range(10))
-    assert correct / SLICE_TEST == pytest.approx(summary["test"]["acc"])
+    assert correct / SLICE_TEST == pytest.approx(summary.test["acc"])
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     assert {"test/confusion_matrix", "inputs/augmented", "inputs/originals"} <= set(
@@ -119,7 +119,7 @@ def test_pictures_do_not_change_the_training(fmnist_slice: Path, tmp_path: Path)
     base = [*small_overrides(fmnist_slice), "augment=standard", "epochs=1"]
     with_pictures = run(compose_config([*base, "diagnostics.pictures=true"]), tmp_path / "a")
     without = run(compose_config([*base, "diagnostics.pictures=false"]), tmp_path / "b")
-    assert with_pictures["final"]["val_loss"] == without["final"]["val_loss"]
+    assert with_pictures.final["val_loss"] == without.final["val_loss"]
 
 
 def test_subcommands_run_from_the_command_line(fmnist_slice: Path, tmp_path: Path) -> None:
@@ -164,13 +164,13 @@ def test_evaluate_rebuilds_the_model_from_the_checkpoint_and_scores_it(
     here = compose_config([f"data.root={fmnist_slice}", "data.download=false"])
     result = evaluate_checkpoint(here, tmp_path / "eval", ckpt=[str(tmp_path / "run")])
     assert result["checkpoint"].endswith("checkpoints/last.pt") and result["split"] == "test"
-    assert result["acc"] == pytest.approx(summary["test"]["acc"])
-    assert result["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
-    assert result["confusion_matrix"]["counts"] == summary["confusion_matrix"]["counts"]
+    assert result["acc"] == pytest.approx(summary.test["acc"])
+    assert result["loss"] == pytest.approx(summary.test["loss"], rel=1e-5)
+    assert result["confusion_matrix"]["counts"] == summary.confusion_matrix["counts"]
     val = evaluate_checkpoint(here, tmp_path / "eval", ckpt=[str(tmp_path / "run")], split=["val"])
-    assert val["samples"] == 200 and val["acc"] == pytest.approx(summary["best"]["val_acc"])
+    assert val["samples"] == 200 and val["acc"] == pytest.approx(summary.best["val_acc"])
     # as the run scored them: the test set with test-time mirroring, val with the image alone
-    assert val["loss"] == pytest.approx(summary["best"]["val_loss"], rel=1e-5)
+    assert val["loss"] == pytest.approx(summary.best["val_loss"], rel=1e-5)
 
 
 # The MLP on 100 images at lr=1e-2: val accuracy peaks at epoch 4 of 6, and the best epoch's
@@ -196,20 +196,20 @@ def test_evaluate_gives_exactly_the_runs_own_test_score(
     here = compose_config(["data.download=false"])  # no data.root: the run's own
     final = evaluate_checkpoint(here, tmp_path / "a", ckpt=[str(tmp_path / "run")])
     assert final["samples"] == SLICE_TEST
-    assert final["acc"] == summary["test"]["acc"]  # exactly: the same predictions
-    assert final["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-6)
+    assert final["acc"] == summary.test["acc"]  # exactly: the same predictions
+    assert final["loss"] == pytest.approx(summary.test["loss"], rel=1e-6)
     assert final["weights"] == "final weights, as the run's own test score"
     best = evaluate_checkpoint(here, tmp_path / "b", ckpt=[str(tmp_path / "run")],
                                weights=["best"])  # fmt: skip
     assert best["checkpoint"].endswith("checkpoints/best.pt")
-    assert best["epoch"] == summary["best"]["epoch"] == 4
+    assert best["epoch"] == summary.best["epoch"] == 4
     if early_stopping:  # the run's test used the restored best weights
-        assert summary["stop_reason"].endswith("restored the weights of epoch 4")
-        assert best["acc"] == summary["test"]["acc"]
+        assert summary.stop_reason.endswith("restored the weights of epoch 4")
+        assert best["acc"] == summary.test["acc"]
     else:
-        assert (best["acc"], summary["test"]["acc"]) == (0.615, 0.65)
+        assert (best["acc"], summary.test["acc"]) == (0.615, 0.65)
     saved = json.loads((tmp_path / "a" / "evaluation.json").read_text())
-    assert saved["acc"] == summary["test"]["acc"] and saved["checkpoint"].endswith("last.pt")
+    assert saved["acc"] == summary.test["acc"] and saved["checkpoint"].endswith("last.pt")
 
 
 def test_evaluate_from_the_command_line_says_what_is_wrong(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from .tensorboard_events import events, scalar_tags, scalars, texts
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:
-    return run(compose_config(overrides), run_dir)
+    """A run in this process; its summary as summary.json holds it."""
+    return run(compose_config(overrides), run_dir).as_dict()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

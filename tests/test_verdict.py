@@ -139,7 +139,7 @@ def test_adam_at_lr_0_1_is_too_high_and_at_1e6_diverged_with_a_lower_lr_advised(
     """The small CNN on the slice: Adam at lr=0.1 (epoch 1 mean train loss 5.57 against 2.35
     at step 1) was called underfit and told to raise the lr; at lr=1e6 the run fails."""
     base = [*small_overrides(fmnist_slice, "cnn"), "diagnostics.advice=true"]
-    high = run(compose_config([*base, "lr=0.1"]), tmp_path / "high")["diagnosis"]
+    high = run(compose_config([*base, "lr=0.1"]), tmp_path / "high").diagnosis
     assert high["verdict"] == "lr too high"
     assert high["evidence"]["peak_train_loss"] > 1.5 * high["evidence"]["initial_loss"]
     assert high["advice"] == ["lr=0.01", "scheduler=warmup_cosine",

@@ -18,10 +18,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from trainkit import checkpoint, hparams, runtime
 from trainkit.hparams import HEADLINE
-from trainkit.loop import Callback, FitState
+from trainkit.loop import INTERRUPTED, Callback, FitState, Outcome
 from trainkit.metrics import Metric, metric
 from trainkit.run_dirs import SPLIT_RUNS
 from trainkit.schedule import current_momentum
+from trainkit.summary import Summary
 
 # SPLIT_RUNS: TensorBoard runs in a run's folder (Keras's convention), the same tags in each,
 # so TensorBoard draws train, validation and test of one metric on one chart, one per run.
@@ -113,12 +114,13 @@ class TensorBoardLogger(Callback):
         writer.add_scalar(f"{HEADLINE}/loss", loss, step)
         writer.add_scalar(f"{HEADLINE}/accuracy", acc, step)
 
-    def on_fit_end(self, state: FitState, summary: dict) -> None:
-        if math.isfinite(summary["test"]["acc"]):
-            # One point at the run's last step, on the chart beside train and validation.
-            self.write_split("test", summary["test"]["loss"], summary["test"]["acc"], state.step)
-        self.writer.add_text("verdict", verdict_text(summary, self.config_yaml), state.step)
-        self.close(summary["status"])
+    def finish(self, summary: Summary, step: int) -> None:
+        """After the fit: the test score (one point at the run's last step, on the chart beside
+        train and validation), the verdict's text, and the HPARAMS session's end."""
+        if math.isfinite(summary.test["acc"]):
+            self.write_split("test", summary.test["loss"], summary.test["acc"], step)
+        self.writer.add_text("verdict", verdict_text(summary, self.config_yaml), step)
+        self.close(summary.status)
 
     def close(self, status: str) -> None:
         """End the HPARAMS session with how the run ended, and flush everything to disk."""
@@ -127,19 +129,19 @@ class TensorBoardLogger(Callback):
             writer.close()
 
 
-def verdict_text(summary: dict, config_yaml: str) -> str:
+def verdict_text(summary: Summary, config_yaml: str) -> str:
     """The run's one TEXT entry, the verdict first: the evidence, what to try, how the run
     ended, its test score and warnings, then the config."""
-    diagnosis = summary["diagnosis"]
+    diagnosis = summary.diagnosis
     evidence = "\n".join(f"- {k}: {v:.4g}" for k, v in diagnosis["evidence"].items())
     advice = "\n".join(f"- {a}" for a in diagnosis["advice"])
     lines = [f"**{diagnosis['verdict']}**", evidence, f"worth trying:\n{advice}",
-             f"stopped: {summary['stop_reason']}"]
-    test = summary["test"]
+             f"stopped: {summary.stop_reason}"]
+    test = summary.test
     if math.isfinite(test["acc"]):
         lines.append(f"test: accuracy {test['acc']:.4f}, loss {test['loss']:.4f}")
-    if summary.get("alerts"):
-        lines.append("warnings: " + ", ".join(summary["alerts"]) + " (see warnings/)")
+    if summary.alerts:
+        lines.append("warnings: " + ", ".join(summary.alerts) + " (see warnings/)")
     lines.append(f"config:\n\n```yaml\n{config_yaml}\n```")
     return "\n\n".join(lines)
 
@@ -177,6 +179,7 @@ class Checkpointer(Callback):
         self.every_n_epochs = every_n_epochs
         self.resumed = resumed
         self.others: list[Callback] = []
+        self.saved: Path | None = None  # the checkpoint saved when a signal stopped the fit
 
     def watch(self, callbacks: list[Callback]) -> None:
         self.others = [cb for cb in callbacks if cb is not self]
@@ -205,6 +208,10 @@ class Checkpointer(Callback):
         if not self.resumed:
             self.save(state, None, ["last.pt"])
 
+    def on_fit_end(self, state: FitState, outcome: Outcome) -> None:
+        if outcome.kind == INTERRUPTED:  # where it stopped, to go on from
+            self.saved = self.save(state, None, ["last.pt"])
+
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
         names = ["last.pt", "best.pt"] if state.improved else ["last.pt"]
         if self.every_n_epochs and state.epoch % self.every_n_epochs == 0:
@@ -213,8 +220,9 @@ class Checkpointer(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs;
-    with `restore_best`, end with the weights of the best epoch (a copy kept on the device)."""
+    """Ask to stop when `monitor` has not improved by more than `min_delta` for `patience`
+    epochs; with `restore_best`, ask to end with the weights of the best epoch (a copy kept on
+    the device), which fit restores."""
 
     def __init__(self, cfg: Any, model: nn.Module) -> None:
         self.cfg = cfg
@@ -248,9 +256,7 @@ class EarlyStopping(Callback):
             )
         last_epoch = state.stop or state.epoch == state.epochs
         if last_epoch and self.best_weights is not None and self.best_epoch != state.epoch:
-            self.model.load_state_dict(self.best_weights)
-            reason = state.stop_reason or f"completed {state.epochs} epochs"
-            state.stop_reason = f"{reason}; restored the weights of epoch {self.best_epoch}"
+            state.restore = (self.best_epoch, self.best_weights)  # fit puts them back
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,

@@ -55,6 +55,7 @@ from trainkit.config import (
 from trainkit.errors import Interrupted, SweepInterrupted, UserError, first_line, report
 from trainkit.files import user_error
 from trainkit.metrics import METRICS, metric
+from trainkit.summary import Summary
 from trainkit.sweep import FAILED_JOBS, record_failure
 
 log = logging.getLogger("trainkit")  # Hydra routes it to the job's log file
@@ -313,10 +314,10 @@ def hydra_app(cfg: DictConfig) -> float:
         log.exception("job failed")  # the traceback goes to the job's trainkit.log
         reason = f"{type(e).__name__}: {first_line(e)} (traceback in {run_dir}/trainkit.log)"
         return record_failure(run_dir, reason, job_label(hydra_cfg), cfg.trainer.monitor)
-    return summary["best"][cfg.trainer.monitor]
+    return summary.best[cfg.trainer.monitor]
 
 
-def run_job(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
+def run_job(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> Summary:
     """A single run's folder is locked already (claim_outputs); a sweep job locks its own
     while it runs, so that no `resume=` of it can start meanwhile."""
     if not in_sweep:
@@ -329,7 +330,7 @@ def run_job(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
         run_dirs.release_one(run_dir)
 
 
-def run_writing(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
+def run_writing(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> Summary:
     """experiment.run, with a full disk or an unwritable file as one UserError line."""
     from trainkit.experiment import run
 
@@ -468,7 +469,7 @@ def compare(args: list[str]) -> int:
     report = sweep.build_report(Path(folders[0]), metric)
     written = sweep.write(report) if metric == monitor else []
     sweep.print_report(report, written)
-    damaged = [job.reason for job in jobs if job.summary.get("damaged")]
+    damaged = [job.reason for job in jobs if job.summary and job.summary.damaged]
     if damaged:  # the folder is data: the report goes on, and says what it could not read
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         print(f"trainkit compare: error: {damaged[0]}: that job is reported as failed{more}",

@@ -517,123 +517,144 @@ def shorten_aliases(overrides: str) -> str:
     return overrides
 
 
+Check = tuple[bool, str]  # (holds, the line that says what to change when it does not)
+
+
 def validate(cfg: DictConfig) -> list[str]:
     """Every range or consistency problem in a composed config, one line each."""
     errors = non_finite(cfg)
     if errors:  # the checks below compare numbers, which NaN and inf would confuse
         return errors
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            errors.append(message)
-
-    lr = cfg.optimizer.lr
-    need(lr > 0, f"lr={lr}: the learning rate must be > 0, e.g. lr=1e-3")
-    t = cfg.trainer
-    need(t.epochs >= 1, f"epochs={t.epochs}: train for at least one epoch, e.g. epochs=5")
-    need(
-        t.batch_size >= 1, f"batch_size={t.batch_size}: use a batch size >= 1, e.g. batch_size=128"
-    )
-    need(t.eval_batch_size >= 1, "trainer.eval_batch_size must be >= 1")
-    need(
-        re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
-        f"device={t.device}: choose auto, cpu, cuda or cuda:N",
-    )
-    need(0 <= t.seed < 2**32, f"seed={t.seed}: use a seed in 0..2**32-1")
-    need(t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)")
-    need(t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
-    need(t.precision in PRECISIONS,
-         f"trainer.precision={t.precision}: choose one of {', '.join(PRECISIONS)}")
-    every = t.checkpoint_every_n_epochs
-    need(every is None or every >= 1, "trainer.checkpoint_every_n_epochs must be >= 1 (or null)")
-    need(
-        t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
-        "trainer.max_steps_per_epoch must be >= 1 (or null)",
-    )
-    need(
-        t.monitor in MONITORABLE,
-        f"trainer.monitor={t.monitor}: choose {' or '.join(MONITORABLE)}",
-    )
-
-    d = cfg.data
-    need(
-        is_number(d.val_size) and d.val_size > 0 and d.val_size != 1,
-        "data.val_size must be a count (> 1, e.g. 5000) or a fraction (< 1, e.g. 0.1)",
-    )
-    need(
-        d.train_size is None or (is_number(d.train_size) and d.train_size > 0),
-        "data.train_size must be a count (> 1), a fraction (<= 1), or null for all",
-    )
-    need(d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)")
-    need((d.mean is None) == (d.std is None) and len(d.mean or []) == len(d.std or []),
-         "data.mean and data.std need one value per channel (or both null)")
-    need(all(s > 0 for s in d.std or []), "data.std values must be > 0")
-
-    need(0 <= cfg.model.get("dropout", 0) < 1, "model.dropout must be in [0, 1)")
-    need(0 <= cfg.model.get("input_dropout", 0) < 1, "model.input_dropout must be in [0, 1)")
-    need(cfg.model.get("blocks", 1) >= 1, "model.blocks must be >= 1")
-    need(
-        not cfg.model.get("pretrained") or not cfg.init.get("_target_"),
-        f"init ({cfg.init.get('_target_')}) would overwrite the pretrained weights: keep "
-        "init=default with model.pretrained=true",
-    )
-    need(cfg.model.get("kernel_size", 1) >= 1, "model.kernel_size must be >= 1, e.g. 3")
-    opt = cfg.optimizer
-    need(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum must be in [0, 1)")
-    if "betas" in opt:
-        need(
-            len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
-            f"optimizer.betas={list(opt.betas)}: give two values in [0, 1), e.g. [0.9, 0.999]",
-        )
-    need(opt.get("weight_decay", 0) >= 0, "optimizer.weight_decay must be >= 0")
-    interval = cfg.scheduler.get("interval", "epoch")
-    need(interval in ("step", "epoch"), f"scheduler.interval={interval}: choose step or epoch")
-    sch = cfg.scheduler
-    need(0 <= sch.get("warmup_fraction", 0) < 1, "scheduler.warmup_fraction must be in [0, 1)")
-    need(0 < sch.get("pct_start", 0.5) < 1, "scheduler.pct_start must be in (0, 1)")
-    need(0 < sch.get("gamma", 0.5) <= 1, "scheduler.gamma must be in (0, 1]")
-    need(0 < sch.get("factor", 0.5) < 1, "scheduler.factor must be in (0, 1)")
-    need(sch.get("step_size", 1) >= 1, "scheduler.step_size must be >= 1")
-    reg = cfg.regularization
-    need(reg.l1 >= 0 and reg.l2 >= 0, "regularization.l1 and .l2 must be >= 0")
-    need(
-        reg.l1_mode in L1_MODES,
-        f"regularization.l1_mode={reg.l1_mode}: choose one of {', '.join(L1_MODES)}",
-    )
-    for key in ("clip_grad_norm", "clip_grad_value"):
-        need(reg[key] is None or reg[key] > 0, f"regularization.{key} must be > 0 (or null)")
-    stop = reg.early_stopping
-    need(
-        stop.monitor in METRICS,
-        f"regularization.early_stopping.monitor={stop.monitor}: choose one of "
-        f"{', '.join(METRICS)}",
-    )
-    need(
-        stop.mode in (None, "min", "max"),
-        "regularization.early_stopping.mode: choose min or max (or null: from the monitor)",
-    )
-    need(stop.patience >= 1, "regularization.early_stopping.patience must be >= 1")
-    aug = cfg.augment
-    need(0 <= aug.hflip <= 1, "augment.hflip is a probability: 0..1")
-    need(aug.translate >= 0 and aug.rotate >= 0, "augment.translate and .rotate must be >= 0")
-    need(aug.tta_shift >= 0, "augment.tta_shift is a number of pixels: >= 0")
-    need(
-        len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
-        "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]",
-    )
-    diag = cfg.diagnostics
-    need(diag.every_n_steps >= 1, "diagnostics.every_n_steps must be >= 1")
-    need(diag.total_norm_every_n_steps >= 1, "diagnostics.total_norm_every_n_steps must be >= 1")
-    need(diag.histograms_every_n_epochs >= 0, "diagnostics.histograms_every_n_epochs must be >= 0")
-    need(diag.verdict.plateau_epochs >= 1, "diagnostics.verdict.plateau_epochs must be >= 1")
+    checks = [
+        *trainer_checks(cfg.trainer, cfg.optimizer.lr),
+        *data_checks(cfg.data),
+        *model_checks(cfg.model, cfg.init),
+        *optimizer_checks(cfg.optimizer),
+        *schedule_checks(cfg.scheduler),
+        *regularization_checks(cfg.regularization),
+        *augment_checks(cfg.augment),
+        *diagnostics_checks(cfg.diagnostics),
+    ]
+    errors = [message for holds, message in checks if not holds]
     errors += validate_init(cfg.init)
-    loss = cfg.loss
-    need(
-        0 <= loss.get("label_smoothing", 0) < 1, "loss.label_smoothing must be in [0, 1), e.g. 0.1"
-    )
-    need(loss.get("p", 1) in (1, 2), "loss.p must be 1 (hinge) or 2 (squared hinge)")
-    need(loss.get("margin", 1) > 0, "loss.margin must be > 0")
-    return errors
+    return errors + [message for holds, message in loss_checks(cfg.loss) if not holds]
+
+
+def trainer_checks(t: DictConfig, lr: float) -> list[Check]:
+    every, most = t.checkpoint_every_n_epochs, t.max_steps_per_epoch
+    return [
+        (lr > 0, f"lr={lr}: the learning rate must be > 0, e.g. lr=1e-3"),
+        (t.epochs >= 1, f"epochs={t.epochs}: train for at least one epoch, e.g. epochs=5"),
+        (t.batch_size >= 1,
+         f"batch_size={t.batch_size}: use a batch size >= 1, e.g. batch_size=128"),
+        (t.eval_batch_size >= 1, "trainer.eval_batch_size must be >= 1"),
+        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+         f"device={t.device}: choose auto, cpu, cuda or cuda:N"),
+        (0 <= t.seed < 2**32, f"seed={t.seed}: use a seed in 0..2**32-1"),
+        (t.threads is None or t.threads >= 1, "trainer.threads must be >= 1 (or null)"),
+        (t.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1"),
+        (t.precision in PRECISIONS,
+         f"trainer.precision={t.precision}: choose one of {', '.join(PRECISIONS)}"),
+        (every is None or every >= 1, "trainer.checkpoint_every_n_epochs must be >= 1 (or null)"),
+        (most is None or most >= 1, "trainer.max_steps_per_epoch must be >= 1 (or null)"),
+        (t.monitor in MONITORABLE,
+         f"trainer.monitor={t.monitor}: choose {' or '.join(MONITORABLE)}"),
+    ]
+
+
+def data_checks(d: DictConfig) -> list[Check]:
+    return [
+        (is_number(d.val_size) and d.val_size > 0 and d.val_size != 1,
+         "data.val_size must be a count (> 1, e.g. 5000) or a fraction (< 1, e.g. 0.1)"),
+        (d.train_size is None or (is_number(d.train_size) and d.train_size > 0),
+         "data.train_size must be a count (> 1), a fraction (<= 1), or null for all"),
+        (d.test_size is None or d.test_size >= 1, "data.test_size must be >= 1 (or null)"),
+        ((d.mean is None) == (d.std is None) and len(d.mean or []) == len(d.std or []),
+         "data.mean and data.std need one value per channel (or both null)"),
+        (all(s > 0 for s in d.std or []), "data.std values must be > 0"),
+    ]
+
+
+def model_checks(m: DictConfig, init: DictConfig) -> list[Check]:
+    return [
+        (0 <= m.get("dropout", 0) < 1, "model.dropout must be in [0, 1)"),
+        (0 <= m.get("input_dropout", 0) < 1, "model.input_dropout must be in [0, 1)"),
+        (m.get("blocks", 1) >= 1, "model.blocks must be >= 1"),
+        (not m.get("pretrained") or not init.get("_target_"),
+         f"init ({init.get('_target_')}) would overwrite the pretrained weights: keep "
+         "init=default with model.pretrained=true"),
+        (m.get("kernel_size", 1) >= 1, "model.kernel_size must be >= 1, e.g. 3"),
+    ]
+
+
+def optimizer_checks(opt: DictConfig) -> list[Check]:
+    betas = list(opt.get("betas", [0.9, 0.999]))
+    return [
+        (0 <= opt.get("momentum", 0) < 1, "optimizer.momentum must be in [0, 1)"),
+        (len(betas) == 2 and all(0 <= b < 1 for b in betas),
+         f"optimizer.betas={betas}: give two values in [0, 1), e.g. [0.9, 0.999]"),
+        (opt.get("weight_decay", 0) >= 0, "optimizer.weight_decay must be >= 0"),
+    ]
+
+
+def schedule_checks(sch: DictConfig) -> list[Check]:
+    interval = sch.get("interval", "epoch")
+    return [
+        (interval in ("step", "epoch"), f"scheduler.interval={interval}: choose step or epoch"),
+        (0 <= sch.get("warmup_fraction", 0) < 1, "scheduler.warmup_fraction must be in [0, 1)"),
+        (0 < sch.get("pct_start", 0.5) < 1, "scheduler.pct_start must be in (0, 1)"),
+        (0 < sch.get("gamma", 0.5) <= 1, "scheduler.gamma must be in (0, 1]"),
+        (0 < sch.get("factor", 0.5) < 1, "scheduler.factor must be in (0, 1)"),
+        (sch.get("step_size", 1) >= 1, "scheduler.step_size must be >= 1"),
+    ]
+
+
+def regularization_checks(reg: DictConfig) -> list[Check]:
+    stop = reg.early_stopping
+    clips = [(reg[key] is None or reg[key] > 0, f"regularization.{key} must be > 0 (or null)")
+             for key in ("clip_grad_norm", "clip_grad_value")]
+    return [
+        (reg.l1 >= 0 and reg.l2 >= 0, "regularization.l1 and .l2 must be >= 0"),
+        (reg.l1_mode in L1_MODES,
+         f"regularization.l1_mode={reg.l1_mode}: choose one of {', '.join(L1_MODES)}"),
+        *clips,
+        (stop.monitor in METRICS,
+         f"regularization.early_stopping.monitor={stop.monitor}: choose one of "
+         f"{', '.join(METRICS)}"),
+        (stop.mode in (None, "min", "max"),
+         "regularization.early_stopping.mode: choose min or max (or null: from the monitor)"),
+        (stop.patience >= 1, "regularization.early_stopping.patience must be >= 1"),
+    ]
+
+
+def augment_checks(aug: DictConfig) -> list[Check]:
+    return [
+        (0 <= aug.hflip <= 1, "augment.hflip is a probability: 0..1"),
+        (aug.translate >= 0 and aug.rotate >= 0, "augment.translate and .rotate must be >= 0"),
+        (aug.tta_shift >= 0, "augment.tta_shift is a number of pixels: >= 0"),
+        (len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
+         "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]"),
+    ]
+
+
+def diagnostics_checks(diag: DictConfig) -> list[Check]:
+    return [
+        (diag.every_n_steps >= 1, "diagnostics.every_n_steps must be >= 1"),
+        (diag.total_norm_every_n_steps >= 1,
+         "diagnostics.total_norm_every_n_steps must be >= 1"),
+        (diag.histograms_every_n_epochs >= 0,
+         "diagnostics.histograms_every_n_epochs must be >= 0"),
+        (diag.verdict.plateau_epochs >= 1, "diagnostics.verdict.plateau_epochs must be >= 1"),
+    ]
+
+
+def loss_checks(loss: DictConfig) -> list[Check]:
+    return [
+        (0 <= loss.get("label_smoothing", 0) < 1,
+         "loss.label_smoothing must be in [0, 1), e.g. 0.1"),
+        (loss.get("p", 1) in (1, 2), "loss.p must be 1 (hinge) or 2 (squared hinge)"),
+        (loss.get("margin", 1) > 0, "loss.margin must be > 0"),
+    ]
 
 
 def is_number(value: object) -> bool:

@@ -34,6 +34,7 @@ from trainkit.precision import latest as latest_precision
 if TYPE_CHECKING:
     from trainkit.data import Data
     from trainkit.loop import Training
+    from trainkit.summary import Summary
 
 console = Console()
 if not console.is_terminal:  # piped or logged: tables keep their columns, not cut at 80
@@ -126,8 +127,9 @@ def print_diagnosis(diagnosis: dict) -> None:
         f"now {e['val_loss_rise_since_best']:+.1%} from it"
     )
     console.print(f"[bold]verdict: {diagnosis['verdict']}[/] ({evidence})", soft_wrap=True)
-    console.print("  worth trying: " + "; ".join(diagnosis["advice"]), highlight=False,
-                  soft_wrap=True)
+    if diagnosis["advice"]:  # none with diagnostics.advice=false
+        console.print("  worth trying: " + "; ".join(diagnosis["advice"]), highlight=False,
+                      soft_wrap=True)
     log.info("verdict: %s (%s)", diagnosis["verdict"], evidence)
 
 
@@ -207,21 +209,21 @@ class ProgressPrinter(Callback):
         log.info(line)
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: Summary) -> None:
     """The summary table, the verdict and where to look next; in a sweep (`compact`), one
     line: the sweep's own table compares the jobs when it ends."""
-    failed = summary.get("status") == "failed"  # then the error line gives the reason
-    if summary["final"] is None:  # stopped inside the first epoch
+    failed = summary.status == "failed"  # then the error line gives the reason
+    if summary.final is None:  # stopped inside the first epoch
         if not failed:
-            console.print(summary["stop_reason"], highlight=False, soft_wrap=True)
+            console.print(summary.stop_reason, highlight=False, soft_wrap=True)
         return
-    final, best, test = summary["final"], summary["best"], summary["test"]
+    final, best, test = summary.final, summary.best, summary.test
     ending = (
-        f"{summary['stop_reason']} in {summary['wall_time_s']:.1f}s, "
-        f"{summary['train_samples_per_s']:,.0f} train samples/s on {summary['device']}"
+        f"{summary.stop_reason} in {summary.wall_time_s:.1f}s, "
+        f"{summary.train_samples_per_s:,.0f} train samples/s on {summary.device}"
     )
     if compact:
-        verdict = summary["diagnosis"]["verdict"]
+        verdict = summary.diagnosis["verdict"]
         line = (f"test acc {test['acc']:.4f} (loss {test['loss']:.4f}), best val acc "
                 f"{best['val_acc']:.4f} at epoch {best['epoch']}; verdict: {verdict}; "
                 f"{ending}")
@@ -239,8 +241,8 @@ def print_summary(summary: dict) -> None:
     )
     table.add_row("test", f"{test['loss']:.4f}", f"{test['acc']:.4f}", style="bold")
     console.print(table)
-    print_diagnosis(summary["diagnosis"])
-    line = f"{ending}; TensorBoard: tensorboard --logdir {shown_path(Path(summary['run_dir']))}"
+    print_diagnosis(summary.diagnosis)
+    line = f"{ending}; TensorBoard: tensorboard --logdir {shown_path(Path(summary.run_dir))}"
     console.print(line, highlight=False, soft_wrap=True)
     log.info("test loss %.4f acc %.4f; %s", test["loss"], test["acc"], line)
 

@@ -603,12 +603,13 @@ def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch
 
 
 def shuffled_batches(
-    split: Split, batch_size: int, generator: torch.Generator
+    split: Split, batch_size: int, generator: torch.Generator, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(sample indices, uint8 images, labels) per optimizer step, in a fresh random order drawn
     from `generator`; the last batch may be short. Under torchrun each rank gets its share of
-    every batch (distributed.shard), so `batch_size` is the global batch."""
+    every batch (distributed.shard), so `batch_size` is the global batch. `start`: the first
+    batch to give (an epoch resumed part-way); the order is the same whatever it is."""
     order = torch.randperm(len(split), generator=generator).to(split.labels.device)
-    for step in range(distributed.global_batches(len(split), batch_size)):
+    for step in range(start, distributed.global_batches(len(split), batch_size)):
         idx = distributed.shard(order[step * batch_size : (step + 1) * batch_size])
         yield idx, take(split.images, idx), split.labels.index_select(0, idx)

@@ -36,7 +36,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from trainkit.callbacks import Callback, is_sampled, sample_every
 from trainkit.console import warn
-from trainkit.loop import FitState
+from trainkit.loop import FitState, Outcome
 from trainkit.models import ACTIVATIONS
 
 ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
@@ -234,7 +234,7 @@ class Diagnostics(Callback):
                     grad = layer.weight.grad
                     write_histogram(self.writer, f"{PREFIX}/grads/{name}", grad, state.step)
 
-    def on_fit_end(self, state: FitState, summary: dict) -> None:
+    def on_fit_end(self, state: FitState, outcome: Outcome) -> None:
         self.unwatch_activations()
 
     # -- resume: the norms not yet written, the median's history, the alerts already given

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import signal
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,11 +26,12 @@ from trainkit.callbacks import Callback, Checkpointer, CSVLogger, EarlyStopping,
 from trainkit.config import TRANSFER_KEYS, shorten_aliases
 from trainkit.diagnostics import Diagnostics
 from trainkit.errors import Interrupted, UserError, first_line, instantiation_reason
-from trainkit.files import write_text_atomic
 from trainkit.init import build_fill, initialize
 from trainkit.loop import (
-    Diverged,
+    DIVERGED,
+    INTERRUPTED,
     FitState,
+    Outcome,
     Training,
     evaluate,
     fit,
@@ -42,6 +42,8 @@ from trainkit.losses import build_loss
 from trainkit.precision import choose as choose_precision
 from trainkit.precision import latest as latest_precision
 from trainkit.schedule import build_scheduler
+from trainkit.summary import Summary
+from trainkit.summary import write as write_summary
 from trainkit.verdict import diagnose, run_overrides
 
 
@@ -143,36 +145,28 @@ def check_builds(cfg: DictConfig, model_changed: bool) -> None:
 
 
 def summarize(
-    state: FitState, test: dict, run_dir: Path, dataset: data.Data, model: nn.Module, wall: float
-) -> dict:
-    """summary.json: final, best and test metrics, why the run ended, speed and provenance."""
-    history = state.history
-    if not history:  # diverged in the first epoch
-        return {"run_dir": str(run_dir), "final": None, "best": None, "test": test,
-                "epochs_run": 0, "stop_reason": state.stop_reason, "wall_time_s": wall}
-    return {
-        "run_dir": str(run_dir),
-        "final": history[-1],
-        "best": state.best,
-        "test": test,
-        "epochs_run": len(history),
-        "stop_reason": state.stop_reason or f"completed {console.plural(len(history), 'epoch')}",
-        "wall_time_s": wall,
-        "train_samples_per_s": sum(m["samples_per_s"] * m["train_time_s"] for m in history)
-        / sum(m["train_time_s"] for m in history),
-        "device": str(dataset.train.labels.device),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dataset": {
-            "source": str(dataset.source),
-            "train": len(dataset.train),
-            "val": len(dataset.val),
-            "test": len(dataset.test),
-        },
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),  # per process
-        "precision": chosen.as_dict() if (chosen := latest_precision()) else None,
-        "distributed": distributed.describe(),
-    }
+    outcome: Outcome, test: dict, run_dir: Path, dataset: data.Data, model: nn.Module,
+    wall: float,
+) -> Summary:
+    """summary.json's contents, but for what the run learns after scoring (confusion matrix,
+    diagnosis, alerts): final, best and test metrics, how and why the run ended, speed and
+    provenance."""
+    state, history = outcome.state, outcome.state.history
+    summary = Summary(str(run_dir), outcome.status, outcome.reason, test=test, wall_time_s=wall)
+    if not history:  # stopped in the first epoch
+        return summary
+    summary.final, summary.best, summary.epochs_run = history[-1], state.best, len(history)
+    trained = sum(m["samples_per_s"] * m["train_time_s"] for m in history)
+    summary.train_samples_per_s = trained / sum(m["train_time_s"] for m in history)
+    summary.device = str(dataset.train.labels.device)
+    summary.parameters = sum(p.numel() for p in model.parameters())
+    summary.dataset = {"source": str(dataset.source), "train": len(dataset.train),
+                       "val": len(dataset.val), "test": len(dataset.test)}
+    summary.torch = torch.__version__
+    summary.threads = torch.get_num_threads()  # per process
+    summary.precision = chosen.as_dict() if (chosen := latest_precision()) else None
+    summary.distributed = distributed.describe()
+    return summary
 
 
 def build(cfg: DictConfig) -> tuple[data.Data, Training]:
@@ -233,102 +227,157 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
     return dataset, training
 
 
-def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> dict:
+@dataclass
+class Observers:
+    """What rank 0 (the only process, or torchrun's first) adds to a run: the console's
+    progress, TensorBoard, metrics.csv, diagnostics and checkpoints. The other ranks run the
+    deciding callbacks alone: no files, no console."""
+
+    tensorboard: TensorBoardLogger
+    diagnostics: Diagnostics | None
+    checkpointer: Checkpointer
+    watching: list[Callback]  # the ones that only watch, before the deciding callbacks
+
+    @classmethod
+    def create(cls, cfg: DictConfig, run_dir: Path, t: Training, resumed: bool) -> Observers:
+        tensorboard = TensorBoardLogger(
+            run_dir, OmegaConf.to_yaml(cfg), t.optimizer, cfg.trainer.log_every_n_steps,
+            hparams.collect(cfg), cfg.trainer.monitor, resumed,
+        )
+        watching = [console.ProgressPrinter(cfg.trainer.batch_size), tensorboard,
+                    CSVLogger(run_dir / "metrics.csv")]
+        diagnostics = None
+        if cfg.diagnostics.enabled:
+            diagnostics = Diagnostics(cfg.diagnostics, t.model, tensorboard.writer)
+            watching.append(diagnostics)
+        checkpointer = Checkpointer(
+            run_dir / "checkpoints", lambda: snapshot(t), OmegaConf.to_container(cfg, resolve=True),
+            cfg.trainer.checkpoint_every_n_epochs, resumed,
+        )
+        return cls(tensorboard, diagnostics, checkpointer, watching)
+
+    def around(self, deciding: list[Callback]) -> list[Callback]:
+        """All the run's callbacks, the checkpointer last: it saves what the others did."""
+        callbacks = [*self.watching, *deciding, self.checkpointer]
+        self.checkpointer.watch(callbacks)
+        return callbacks
+
+
+def snapshot(t: Training) -> dict:
+    """What a checkpoint keeps of the model, optimizer, schedule and loss scaler."""
+    return {
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+    }
+
+
+def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> Summary:
     """Train as `cfg` says, write the run's outputs into `run_dir`, return the summary.
-    With `resume` (a checkpoint of this run, see resume.py), go on from where it was saved."""
+    With `resume` (a checkpoint of this run, see resume.py), go on from where it was saved.
+    Under torchrun every rank runs this; rank 0 alone writes files and prints."""
     start = time.perf_counter()
-    main = distributed.is_main()  # under torchrun, rank 0 alone writes files and prints
+    main = distributed.is_main()  # the rank's role, decided once
     console.compact = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if cfg.trainer.get("verbose", False):  # a config saved before the key: no
+    if main and cfg.trainer.get("verbose", False):  # a config saved before the key: no
         console.print_config(cfg)
     dataset, training = build(cfg)
     overrides = run_overrides(run_dir)  # the command that started the run, if known
     if main:
         typed = [shorten_aliases(o) for o in overrides or []]
         console.print_header(cfg, run_dir, dataset, training, typed, hparams.group_choices(run_dir))
-    model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
+        if resume is not None:
+            resume_run.take_back_later_outputs(run_dir, resume)
+    observers = Observers.create(cfg, run_dir, training, resume is not None) if main else None
+    deciding = deciding_callbacks(cfg, training.model)
+    callbacks = observers.around(deciding) if observers else deciding
+    state = restored(cfg, run_dir, training, dataset, resume) if resume is not None else None
+    if observers and resume is None and cfg.diagnostics.pictures and training.augment is not None:
+        preview_augmentation(dataset, training, observers.tensorboard)
+    try:
+        outcome = fit(training, dataset, callbacks, state, resume and resume["callbacks"])
+    except BaseException as e:  # a second Ctrl-C or a crash: leave the event file readable
+        if observers:
+            stopped = isinstance(e, KeyboardInterrupt)
+            observers.tensorboard.close("interrupted" if stopped else "failed")
+        raise
+    if outcome.kind == INTERRUPTED:
+        stop_interrupted(outcome, observers, run_dir, dataset, training.model, start)
+    if observers is None:
+        return other_rank_ends(cfg, dataset, training, outcome)
+    return finish(cfg, run_dir, dataset, training, outcome, observers, overrides, start)
 
-    def snapshot() -> dict:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": training.scaler.state_dict() if training.scaler is not None else None,
-        }
 
-    resumed = resume is not None
-    if not main:
-        return run_other_rank(cfg, dataset, training, resume)
-    if resumed:
-        resume_run.take_back_later_outputs(run_dir, resume)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tensorboard = TensorBoardLogger(
-        run_dir, OmegaConf.to_yaml(cfg), optimizer, cfg.trainer.log_every_n_steps,
-        hparams.collect(cfg), cfg.trainer.monitor, resumed,
-    )
-    progress = console.ProgressPrinter(cfg.trainer.batch_size)
-    callbacks = [progress, tensorboard, CSVLogger(run_dir / "metrics.csv")]
-    diagnostics = None
-    if cfg.diagnostics.enabled:
-        diagnostics = Diagnostics(cfg.diagnostics, model, tensorboard.writer)
-        callbacks.append(diagnostics)
-    callbacks += deciding_callbacks(cfg, model)
-    checkpointer = Checkpointer(
-        run_dir / "checkpoints", snapshot, resolved, cfg.trainer.checkpoint_every_n_epochs, resumed
-    )
-    callbacks.append(checkpointer)  # last: it saves what the others did in the epoch
-    checkpointer.watch(callbacks)
-    state = None
-    pictures = cfg.diagnostics.pictures
-    if resumed:
-        state = resume_run.restore(resume, training, callbacks, dataset.train.labels.device)
+def restored(
+    cfg: DictConfig, run_dir: Path, training: Training, dataset: data.Data, resume: dict
+) -> FitState:
+    """The fit's state from the checkpoint `resume`, with the model, optimizer and RNGs."""
+    state = resume_run.restore(resume, training, dataset.train.labels.device)
+    if distributed.is_main():
         console.console.print(f"resuming {run_dir} at epoch {state.epoch}, step {state.step}",
                               highlight=False, soft_wrap=True)
-    elif pictures and training.augment is not None:
-        preview_augmentation(dataset, training, tensorboard)
-    try:
-        state = fit(training, dataset, callbacks, state)
-        diverged = None
-    except Diverged as e:  # keep what was learned about the run, then report it
-        state, diverged = e.state, str(e)
-        state.stop_reason = diverged
-    except BaseException as e:  # a second Ctrl-C or a crash: leave the event file readable
-        tensorboard.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
-        raise
-    if state.interrupted:
-        stop_interrupted(state, checkpointer, tensorboard, run_dir, dataset, model, start)
-    matrix = None
-    if diverged is None:
-        test = test_score(cfg, dataset, training)
-        matrix = test.pop("confusion_matrix")
-    else:
-        test = {"loss": math.nan, "acc": math.nan}
-    summary = summarize(state, test, run_dir, dataset, model, time.perf_counter() - start)
-    if matrix is not None:
-        from trainkit import plots  # matplotlib: 0.4 s to import, needed only here
+        return state
+    if state.progress is not None:  # rank 0 carries the interrupted epoch's sums
+        state.progress.forget_totals()
+    # The checkpoint holds rank 0's random state: this rank augments differently.
+    torch.manual_seed(cfg.trainer.seed + 1000 * distributed.rank() + state.step)
+    return state
 
-        summary["confusion_matrix"] = {"classes": dataset.class_names, "counts": matrix.tolist()}
-        if pictures:
-            figure = plots.confusion_figure(matrix, dataset.class_names)
-            tensorboard.writer.add_figure("test/confusion_matrix", figure, state.step)
-            plots.learning_curves_png(state.history, run_dir / "curves.png")
-    summary["status"] = "completed" if diverged is None else "failed"
-    summary["diagnosis"] = diagnose(state.history, cfg, diverged is not None,
-                                    overrides, state.initial_loss,
-                                    dataset.num_classes, check_builds)
-    summary["alerts"] = sorted(diagnostics.alerted) if diagnostics is not None else []
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    for cb in callbacks:
-        cb.on_fit_end(state, summary)
+
+def finish(
+    cfg: DictConfig, run_dir: Path, dataset: data.Data, training: Training, outcome: Outcome,
+    observers: Observers, overrides: list[str] | None, start: float,
+) -> Summary:
+    """Rank 0 after the fit: test score, summary.json, TensorBoard's last entries, the summary
+    on the console; a run that diverged ends with its error line after all that is written."""
+    diverged = outcome.kind == DIVERGED
+    test = {"loss": math.nan, "acc": math.nan} if diverged else test_score(cfg, dataset, training)
+    matrix = test.pop("confusion_matrix", None)
+    wall = time.perf_counter() - start
+    summary = summarize(outcome, test, run_dir, dataset, training.model, wall)
+    state = outcome.state
+    if matrix is not None:
+        summary.confusion_matrix = {"classes": dataset.class_names, "counts": matrix.tolist()}
+        if cfg.diagnostics.pictures:
+            draw_pictures(matrix, dataset, state, observers.tensorboard, run_dir)
+    summary.diagnosis = diagnose(state.history, cfg, diverged, overrides, state.initial_loss,
+                                 dataset.num_classes, check_builds)
+    summary.alerts = sorted(observers.diagnostics.alerted) if observers.diagnostics else []
+    write_summary(run_dir, summary)
+    observers.tensorboard.finish(summary, state.step)
     console.print_summary(summary)
-    if diverged is not None:
+    if diverged:
         folder = run_dir / "checkpoints"
         kept = (f"its best epoch is in {folder}/best.pt" if state.history
                 else f"the last good checkpoint is {folder}/last.pt")
-        advice = summary["diagnosis"]["advice"]
+        advice = summary.diagnosis["advice"]
         tries = f": try {', '.join(advice)}" if advice else ""
-        raise UserError(f"{diverged}{tries}; {kept}")
+        raise UserError(f"{outcome.reason}{tries}; {kept}")
     return summary
+
+
+def draw_pictures(
+    matrix: torch.Tensor, dataset: data.Data, state: FitState, tb: TensorBoardLogger,
+    run_dir: Path,
+) -> None:
+    from trainkit import plots  # matplotlib: only when pictures are asked for
+
+    figure = plots.confusion_figure(matrix, dataset.class_names)
+    tb.writer.add_figure("test/confusion_matrix", figure, state.step)
+    plots.learning_curves_png(state.history, run_dir / "curves.png")
+
+
+def other_rank_ends(
+    cfg: DictConfig, dataset: data.Data, training: Training, outcome: Outcome
+) -> Summary:
+    """A rank other than 0 under torchrun: the same test evaluation as rank 0 (collectives
+    need every rank); rank 0 says how the run ended."""
+    if outcome.kind == DIVERGED:
+        raise UserError(outcome.reason)
+    test = test_score(cfg, dataset, training)
+    del test["confusion_matrix"]
+    return Summary("", outcome.status, outcome.reason, best=outcome.state.best, test=test)
 
 
 def test_score(cfg: DictConfig, dataset: data.Data, training: Training) -> dict:
@@ -345,30 +394,6 @@ def deciding_callbacks(cfg: DictConfig, model: nn.Module) -> list[Callback]:
     return []
 
 
-def run_other_rank(
-    cfg: DictConfig, dataset: data.Data, training: Training, resume: dict | None
-) -> dict:
-    """A rank other than 0 under torchrun: the same training and evaluation steps as rank 0
-    (collectives need every rank), and no files, no console."""
-    callbacks = deciding_callbacks(cfg, training.model)
-    state = None
-    if resume is not None:
-        state = resume_run.restore(resume, training, callbacks, dataset.train.labels.device)
-        if state.progress is not None:  # rank 0 carries the interrupted epoch's sums
-            state.progress.forget_totals()
-        # The checkpoint holds rank 0's random state: this rank augments differently.
-        torch.manual_seed(cfg.trainer.seed + 1000 * distributed.rank() + state.step)
-    try:
-        state = fit(training, dataset, callbacks, state)
-    except Diverged as e:
-        raise UserError(str(e)) from None
-    if state.interrupted:
-        raise Interrupted(state.interrupted, f"rank {distributed.rank()} stopped")
-    test = test_score(cfg, dataset, training)
-    del test["confusion_matrix"]
-    return {"best": state.best, "test": test}
-
-
 def preview_augmentation(dataset: data.Data, training: Training, tb: TensorBoardLogger) -> None:
     """What the model sees, next to the originals, in TensorBoard's IMAGES tab."""
     import torchvision  # 1.5 s to import: only when needed
@@ -383,21 +408,20 @@ def preview_augmentation(dataset: data.Data, training: Training, tb: TensorBoard
 
 
 def stop_interrupted(
-    state: FitState, checkpointer: Checkpointer, tb: TensorBoardLogger, run_dir: Path,
-    dataset: data.Data, model: nn.Module, start: float,
+    outcome: Outcome, observers: Observers | None, run_dir: Path, dataset: data.Data,
+    model: nn.Module, start: float,
 ) -> NoReturn:
-    """After SIGINT/SIGTERM: save where the run is, flush the logs, say how to go on."""
-    path = checkpointer.save(state, None, ["last.pt"])
-    name = signal.Signals(state.interrupted).name
-    where = f"epoch {state.epoch}, step {state.step}"
-    state.stop_reason = f"interrupted by {name} at {where}"
-    summary = summarize(state, {"loss": math.nan, "acc": math.nan}, run_dir, dataset, model,
+    """After SIGINT/SIGTERM (the checkpointer saved last.pt): summary.json and the logs say
+    where the run stopped, and the error says how to go on."""
+    state = outcome.state
+    if observers is None:
+        raise Interrupted(state.interrupted, f"rank {distributed.rank()} stopped")
+    summary = summarize(outcome, {"loss": math.nan, "acc": math.nan}, run_dir, dataset, model,
                         time.perf_counter() - start)
-    summary["status"] = "interrupted"
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    tb.close("interrupted")
-    console.console.print(f"saved {path}", highlight=False, soft_wrap=True)
+    write_summary(run_dir, summary)
+    observers.tensorboard.close("interrupted")
+    console.console.print(f"saved {observers.checkpointer.saved}", highlight=False, soft_wrap=True)
     raise Interrupted(
         state.interrupted,
-        f"{state.stop_reason}; go on with: {distributed.launcher()}trainkit resume={run_dir}",
+        f"{outcome.reason}; go on with: {distributed.launcher()}trainkit resume={run_dir}",
     )

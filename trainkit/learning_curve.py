@@ -53,10 +53,10 @@ def learning_curve(
         job.data.train_size = size
         job.trainer.epochs = epochs
         summary = run(job, out_dir / f"train_size={size:g}")
-        final = summary["final"]
+        final = summary.final
         points.append({
-            "train_size": summary["dataset"]["train"],
-            "epochs": summary["epochs_run"],
+            "train_size": summary.dataset["train"],
+            "epochs": summary.epochs_run,
             "steps": final["step"],
             "train_loss": final["train_loss"],
             "val_loss": final["val_loss"],

@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from trainkit import distributed
 from trainkit.augment import IMAGE_ONLY, Augment, TestTimeViews
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 from trainkit.metrics import metric
 from trainkit.models import inference_copy
 from trainkit.optim_step import step_function
@@ -117,8 +117,9 @@ class FitState:
     initial_loss: float = float("nan")  # the first step's data loss: what divergence is against
     best: dict | None = None  # the history row with the best monitored metric
     improved: bool = False  # this epoch set a new best
-    stop: bool = False
+    stop: bool = False  # a callback asks to end after this epoch (or step: the lr finder)
     stop_reason: str | None = None
+    restore: tuple[int, dict] | None = None  # a callback asks to end with (epoch, weights)
 
     def agree_to_stop(self, device: torch.device) -> int:
         """The signal to stop on, agreed between torchrun's ranks (each may have been told at a
@@ -161,7 +162,7 @@ class Callback:
     def on_epoch_start(self, state: FitState) -> None: ...
     def on_step_end(self, state: FitState) -> None: ...
     def on_epoch_end(self, state: FitState, metrics: dict) -> None: ...
-    def on_fit_end(self, state: FitState, summary: dict) -> None: ...
+    def on_fit_end(self, state: FitState, outcome: Outcome) -> None: ...
     def state_dict(self) -> dict | None:
         return None
 
@@ -251,6 +252,84 @@ class PendingSteps:
         self.clear()
 
 
+@dataclass(frozen=True)
+class StepSpec:
+    """What a training step does beyond forward and backward, resolved from the config once per
+    epoch into plain values (the step runs thousands of times; a config lookup is a dict walk
+    with type checks)."""
+
+    l1: float  # the L1 penalty's weight in the loss (0 when proximal: applied after the step)
+    l2: float
+    proximal: list[tuple[dict, list[nn.Parameter]]] | None  # proximal L1: groups to shrink
+    l1_weight: float  # regularization.l1, whichever way it acts
+    clip_norm: float | None
+    clip_value: float | None
+    step_scheduler: LRScheduler | None  # a per-step schedule; per-epoch ones step in fit
+    log_every: int
+
+    @classmethod
+    def of(cls, t: Training) -> StepSpec:
+        reg = t.reg
+        proximal = proximal_groups(t) if reg.l1 > 0 and reg.l1_mode == "proximal" else None
+        return cls(
+            l1=reg.l1 if proximal is None else 0.0, l2=reg.l2, proximal=proximal,
+            l1_weight=reg.l1, clip_norm=reg.clip_grad_norm, clip_value=reg.clip_grad_value,
+            step_scheduler=t.scheduler if t.scheduler_interval == "step" else None,  # type: ignore[arg-type]
+            log_every=t.trainer.log_every_n_steps,
+        )
+
+
+def train_step(
+    t: Training, spec: StepSpec, images: torch.Tensor, labels: torch.Tensor,
+    sums: dict[str, torch.Tensor], precision: AbstractContextManager,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: the math of training, in order. Returns the data loss,
+    the optimized loss (with penalties) and the logits, all still on the device (no sync)."""
+    x = t.augment(images) if t.augment is not None else images
+    with precision:
+        logits = t.forward(t.normalize(x))
+        data_loss = t.loss_fn(logits, labels)
+    loss = data_loss
+    if spec.l1 > 0:
+        l1_loss = spec.l1 * sum(w.abs().sum() for w in t.penalized)
+        loss = loss + l1_loss
+        sums["l1"] += l1_loss.detach()
+    if spec.l2 > 0:
+        l2_loss = spec.l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
+        loss = loss + l2_loss
+        sums["l2"] += l2_loss.detach()
+    for param in t.trainable:  # zero_grad(set_to_none=True), without its profiler record
+        param.grad = None
+    backward(t, spec, loss, sums)
+    if spec.proximal is not None:  # logged as loss/l1 like the penalty: l1 * sum|w| after it
+        sums["l1"] += soft_threshold(spec.proximal, spec.l1_weight)
+    if spec.step_scheduler is not None:
+        spec.step_scheduler.step()
+    return data_loss, loss, logits
+
+
+def backward(t: Training, spec: StepSpec, loss: torch.Tensor, sums: dict) -> None:
+    """Gradients of `loss`, clipped as asked, then the optimizer step. With fp16's loss scaling
+    the gradients are unscaled before clipping, and a step whose gradients overflowed is
+    skipped (the scaler's)."""
+    clipping = spec.clip_norm is not None or spec.clip_value is not None
+    if t.scaler is None:
+        loss.backward()
+    else:
+        t.scaler.scale(loss).backward()
+        if clipping:
+            t.scaler.unscale_(t.optimizer)
+    if spec.clip_norm is not None:  # returns the total norm before clipping
+        sums["grad_norm"] += nn.utils.clip_grad_norm_(t.trainable, spec.clip_norm)
+    if spec.clip_value is not None:
+        nn.utils.clip_grad_value_(t.trainable, spec.clip_value)
+    if t.scaler is None:
+        t.optimizer_step()
+    else:
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+
+
 def train_epoch(
     t: Training,
     train: Split,
@@ -263,36 +342,19 @@ def train_epoch(
     those are on; None when a signal stopped it part-way (state.progress says where).
 
     An epoch that was interrupted earlier (state.progress set) goes on from its next batch."""
-    model, reg = t.model, t.reg
-    model.train()
-    keep_frozen_norms_in_eval(model)
+    t.model.train()
+    keep_frozen_norms_in_eval(t.model)
     device = train.labels.device
     if state.progress is None:
         state.progress = EpochProgress.begin(t, generator, device)
     else:  # the same order as before the interruption
         generator.set_state(state.progress.order_rng)
-    p = state.progress
-    # Plain values, read once: a config attribute costs ~10 us, and a step of the MLP ~2 ms.
-    l1, l2 = reg.l1, reg.l2
-    # Proximal L1 replaces the penalty's gradient by soft-thresholding after the step; the
-    # weights it covers (t.penalized) are grouped by param group, for each group's current lr.
-    proximal = proximal_groups(t) if l1 > 0 and reg.l1_mode == "proximal" else None
-    penalty_l1 = l1 if proximal is None else 0.0
-    clip_norm, clip_value = reg.clip_grad_norm, reg.clip_grad_value
-    log_every = t.trainer.log_every_n_steps
-    step_scheduler = t.scheduler if t.scheduler_interval == "step" else None
-    augment, normalize, optimizer, forward = t.augment, t.normalize, t.optimizer, t.forward
-    precision, scaler = t.precision_context(device), t.scaler
-    optimizer_step = t.optimizer_step
+    p, spec, precision = state.progress, StepSpec.of(t), t.precision_context(device)
     # Alone, a signal stops the run after the step in flight; under torchrun, at the next
     # merge of the ranks' sums, where they agree on it.
-    ranks = distributed.enabled()
-    stop_signal = 0
-    pending = PendingSteps()
-    stream = shuffled_batches(train, t.trainer.batch_size, generator)
-    for i, (idx, images, labels) in enumerate(stream):
-        if i < p.batches_done:  # trained before the interruption
-            continue
+    ranks, stop_signal, pending = distributed.enabled(), 0, PendingSteps()
+    stream = shuffled_batches(train, t.trainer.batch_size, generator, start=p.batches_done)
+    for i, (idx, images, labels) in enumerate(stream, start=p.batches_done):
         if i == state.steps_per_epoch:  # trainer.max_steps_per_epoch
             break
         if stop_signal or (state.interrupted and not ranks):
@@ -300,72 +362,67 @@ def train_epoch(
             return None
         if len(pending) == pending.capacity:  # bounds the logits held
             pending.fold_into(p)
-        sums = p.sums  # a merge of the ranks replaces the tensors
-        x = augment(images) if augment is not None else images
-        with precision:
-            logits = forward(normalize(x))
-            data_loss = t.loss_fn(logits, labels)
-        loss = data_loss
-        if penalty_l1 > 0:
-            l1_loss = l1 * sum(w.abs().sum() for w in t.penalized)
-            loss = loss + l1_loss
-            sums["l1"] += l1_loss.detach()
-        if l2 > 0:
-            l2_loss = l2 / 2 * sum(w.pow(2).sum() for w in t.penalized)
-            loss = loss + l2_loss
-            sums["l2"] += l2_loss.detach()
-        for group in optimizer.param_groups:  # zero_grad(set_to_none=True) without its
-            for param in group["params"]:  # profiler record and grouping: ~3% of an MLP step
-                param.grad = None
-        if scaler is None:
-            loss.backward()
-        else:  # fp16: scale the loss up so small gradients survive, unscale before clipping
-            scaler.scale(loss).backward()
-            if clip_norm is not None or clip_value is not None:
-                scaler.unscale_(optimizer)
-        if clip_norm is not None:  # returns the total norm before clipping
-            sums["grad_norm"] += nn.utils.clip_grad_norm_(t.trainable, clip_norm)
-        if clip_value is not None:
-            nn.utils.clip_grad_value_(t.trainable, clip_value)
-        if scaler is None:
-            optimizer_step()
-        else:  # skips the step when the scaled gradients overflowed
-            scaler.step(optimizer)
-            scaler.update()
-        if proximal is not None:  # logged as loss/l1 like the penalty: l1 * sum|w| after it
-            sums["l1"] += soft_threshold(proximal, l1)
-        if step_scheduler is not None:
-            step_scheduler.step()
-
-        state.step += 1
-        p.batches_done = i + 1
-        state.last_loss = data_loss.detach()
-        state.batch_indices = idx
-        # Summed step by step (a float sum's rounding depends on its grouping), in one op.
-        sums["loss"].add_(state.last_loss, alpha=len(labels))
-        total = state.last_loss if loss is data_loss else loss.detach()
-        pending.add(state.step, total, logits.detach(), labels)
-        p.seen += len(labels)
-        if i % log_every == 0:  # a sync point: once per interval
-            pending.fold_into(p)
-            if ranks:
-                p.merge_ranks(everywhere=False)
-                stop_signal = state.agree_to_stop(device)
-            if p.seen:  # 0 on ranks other than 0 just after a merge
-                state.running_loss = p.sums["loss"].item() / p.seen
-            if state.step == 1:  # every rank: all decide alike whether the run diverged
-                state.initial_loss = first_loss(state.running_loss, device)
-            stop_if_diverged(p.nonfinite_at, optimizer, state)
+        data_loss, loss, logits = train_step(t, spec, images, labels, p.sums, precision)
+        count_step(state, pending, i, idx, labels, data_loss, loss, logits)
+        if i % spec.log_every == 0:  # a sync point: once per interval
+            stop_signal = sync(state, pending, t.optimizer, device, ranks)
         for cb in callbacks:
             cb.on_step_end(state)
         if state.stop:  # a callback (lr-find) asked to end mid-epoch
             break
+    return epoch_means(t, state, pending)
+
+
+def count_step(
+    state: FitState, pending: PendingSteps, i: int, idx: torch.Tensor, labels: torch.Tensor,
+    data_loss: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
+) -> None:
+    """The step's numbers into the epoch's running sums, still on the device."""
+    p = state.progress
+    assert p is not None
+    state.step += 1
+    p.batches_done = i + 1
+    state.last_loss = data_loss.detach()
+    state.batch_indices = idx
+    # Summed step by step (a float sum's rounding depends on its grouping), in one op.
+    p.sums["loss"].add_(state.last_loss, alpha=len(labels))
+    total = state.last_loss if loss is data_loss else loss.detach()
+    pending.add(state.step, total, logits.detach(), labels)
+    p.seen += len(labels)
+
+
+def sync(
+    state: FitState, pending: PendingSteps, optimizer: Optimizer, device: torch.device,
+    ranks: bool,
+) -> int:
+    """Once per log interval, the loop's one host/device sync: fold the held steps into the
+    counts, merge the ranks' sums, refresh the running loss, and stop if the loss diverged.
+    Returns the signal the ranks agreed to stop on (0: none)."""
+    p = state.progress
+    assert p is not None
+    pending.fold_into(p)
+    stop_signal = 0
+    if ranks:
+        p.merge_ranks(everywhere=False)
+        stop_signal = state.agree_to_stop(device)
+    if p.seen:  # 0 on ranks other than 0 just after a merge
+        state.running_loss = p.sums["loss"].item() / p.seen
+    if state.step == 1:  # every rank: all decide alike whether the run diverged
+        state.initial_loss = first_loss(state.running_loss, device)
+    stop_if_diverged(p.nonfinite_at, optimizer, state)
+    return stop_signal
+
+
+def epoch_means(t: Training, state: FitState, pending: PendingSteps) -> dict[str, float]:
+    p = state.progress
+    assert p is not None
     pending.fold_into(p)
     p.merge_ranks(everywhere=True)
     stop_if_diverged(p.nonfinite_at, t.optimizer, state)
     steps = max(1, p.batches_done)
     out = {"loss": p.sums["loss"].item() / p.seen, "acc": p.correct.item() / p.seen,
            "samples": p.seen}
+    reg = t.reg
     on = {"l1": reg.l1 > 0, "l2": reg.l2 > 0, "grad_norm": reg.clip_grad_norm is not None}
     out |= {key: p.sums[key].item() / steps for key, enabled in on.items() if enabled}
     return out
@@ -521,73 +578,150 @@ def is_better(metrics: dict, best: dict | None, monitor: str) -> bool:
     return best is None or metric(monitor).better(metrics[monitor], best[monitor])
 
 
+# How a fit ends (Outcome.kind)
+COMPLETED, EARLY_STOPPED = "completed", "early_stopped"
+DIVERGED, INTERRUPTED = "diverged", "interrupted"
+
+
+@dataclass
+class Outcome:
+    """How a fit ended: `kind` (COMPLETED, EARLY_STOPPED: a callback asked, DIVERGED,
+    INTERRUPTED: a signal), the fit's state, and one line saying why."""
+
+    kind: str
+    state: FitState
+    reason: str
+
+    @property
+    def status(self) -> str:
+        """summary.json's word for it: a diverged run failed; an early-stopped one completed."""
+        return {DIVERGED: "failed", INTERRUPTED: "interrupted"}.get(self.kind, "completed")
+
+
 def fit(
-    t: Training, data: Data, callbacks: Sequence[Callback], state: FitState | None = None
-) -> FitState:
-    """Train for trainer.epochs (or until a callback or a signal stops it), validating after each
-    epoch. Given the `state` of an interrupted fit (a checkpoint's), go on from where it was."""
-    trainer = t.trainer
+    t: Training, data: Data, callbacks: Sequence[Callback], state: FitState | None = None,
+    callback_states: dict | None = None,
+) -> Outcome:
+    """Train for trainer.epochs, validating after each epoch, until then or until a callback
+    asks to stop (early stopping), a signal stops it, or the loss diverges. Given the `state`
+    of an interrupted fit and its `callback_states` (a checkpoint's: resume.py), go on from
+    where it was. The only caller of the callbacks: on_fit_start, then per epoch
+    on_epoch_start, on_step_end per step, on_epoch_end, and on_fit_end with the outcome."""
     if state is None:
-        state = FitState(trainer.epochs, steps_per_epoch(len(data.train), trainer))
+        state = FitState(t.trainer.epochs, steps_per_epoch(len(data.train), t.trainer))
         # Its own generator, so the batch order depends on the seed alone, not on what else ran.
-        state.generator.manual_seed(trainer.seed)
+        state.generator.manual_seed(t.trainer.seed)
+    restore_callbacks(callbacks, callback_states or {}, state)
     for cb in callbacks:
         cb.on_fit_start(state)
+    try:
+        with stop_on_signals(state):
+            run_epochs(t, data, callbacks, state)
+        if not state.interrupted:
+            raise_if_ended_diverged(t, data, state)
+        outcome = ended(state)
+    except Diverged as e:
+        state.stop_reason = str(e)
+        outcome = Outcome(DIVERGED, state, str(e))
+    for cb in callbacks:
+        cb.on_fit_end(state, outcome)
+    return outcome
 
+
+def restore_callbacks(callbacks: Sequence[Callback], saved: dict, state: FitState) -> None:
+    """Each callback's state from a checkpoint (keyed by class name), before the fit starts."""
+    for cb in callbacks:
+        if (mine := saved.get(type(cb).__name__)) is None:
+            continue
+        try:
+            cb.load_state_dict(mine, state)
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            why = first_line(e)
+            raise UserError(f"the checkpoint does not fit its own config ({why})") from None
+
+
+def ended(state: FitState) -> Outcome:
+    if state.interrupted:
+        name = signal.Signals(state.interrupted).name
+        state.stop_reason = f"interrupted by {name} at epoch {state.epoch}, step {state.step}"
+        return Outcome(INTERRUPTED, state, state.stop_reason)
+    if state.stop_reason is None:
+        n = len(state.history)
+        state.stop_reason = f"completed {n:,} epoch{'' if n == 1 else 's'}"
+    return Outcome(EARLY_STOPPED if state.stop else COMPLETED, state, state.stop_reason)
+
+
+def run_epochs(t: Training, data: Data, callbacks: Sequence[Callback], state: FitState) -> None:
     first = state.epoch if state.progress is not None else state.epoch + 1
     device = data.train.labels.device
-    with stop_on_signals(state):
-        for epoch in range(first, trainer.epochs + 1):
-            if state.agree_to_stop(device):  # between epochs: the last checkpoint says it all
-                break
-            state.epoch = epoch
-            for cb in callbacks:
-                cb.on_epoch_start(state)
-            start = time.perf_counter()
-            train = train_epoch(t, data.train, state.generator, state, callbacks)
-            progress = state.progress
-            assert progress is not None
-            if train is None:  # a signal stopped it part-way
-                progress.train_time_s += time.perf_counter() - start
-                break
-            train_time = progress.train_time_s + time.perf_counter() - start
-            state.progress = None
-            distributed.sync_buffers(t.model)  # one model to evaluate and checkpoint
-            batch = trainer.eval_batch_size
-            # The image alone: test-time views are for the test set (experiment.test_score);
-            # 10 views in each validation took 13 s of the speedrun's 5 minutes.
-            val = evaluate(t.model, data.val, t.normalize, t.loss_fn, batch)
-            if t.scheduler is not None and t.scheduler_interval == "epoch":
-                if isinstance(t.scheduler, ReduceLROnPlateau):
-                    t.scheduler.step(val["loss"])
-                else:
-                    t.scheduler.step()
+    for epoch in range(first, t.trainer.epochs + 1):
+        if state.agree_to_stop(device):  # between epochs: the last checkpoint says it all
+            return
+        state.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_start(state)
+        metrics = train_and_validate(t, data, callbacks, state)
+        if metrics is None:  # a signal stopped the epoch part-way
+            return
+        state.history.append(metrics)
+        state.improved = is_better(metrics, state.best, t.trainer.monitor)
+        if state.improved:
+            state.best = metrics
+        for cb in callbacks:
+            cb.on_epoch_end(state, metrics)
+            restore_if_asked(t.model, state)  # before the next callback (the checkpointer)
+        if state.stop:
+            return
 
-            metrics = {
-                "epoch": epoch,
-                "step": state.step,
-                "lr": progress.lr,  # the lr and momentum this epoch started with
-                "momentum": progress.momentum,
-                "train_loss": train["loss"],
-                "train_acc": train["acc"],
-                "val_loss": val["loss"],
-                "val_acc": val["acc"],
-                **{key: train[key] for key in ("l1", "l2", "grad_norm") if key in train},
-                "train_time_s": train_time,
-                "samples_per_s": train["samples"] / train_time,
-                "epoch_time_s": time.perf_counter() - start + progress.train_time_s,
-            }
-            state.history.append(metrics)
-            state.improved = is_better(metrics, state.best, trainer.monitor)
-            if state.improved:
-                state.best = metrics
-            for cb in callbacks:
-                cb.on_epoch_end(state, metrics)
-            if state.stop:
-                break
-    if not state.interrupted:
-        raise_if_ended_diverged(t, data, state)
-    return state
+
+def restore_if_asked(model: nn.Module, state: FitState) -> None:
+    """A callback (early stopping) asked to end with the weights of an earlier epoch."""
+    if state.restore is None:
+        return
+    epoch, weights = state.restore
+    model.load_state_dict(weights)
+    state.restore = None
+    reason = state.stop_reason or f"completed {state.epochs} epochs"
+    state.stop_reason = f"{reason}; restored the weights of epoch {epoch}"
+
+
+def train_and_validate(
+    t: Training, data: Data, callbacks: Sequence[Callback], state: FitState
+) -> dict | None:
+    """One epoch of training, then validation and the epoch's schedule step: the epoch's
+    metrics row; None when a signal stopped it part-way."""
+    start = time.perf_counter()
+    train = train_epoch(t, data.train, state.generator, state, callbacks)
+    progress = state.progress
+    assert progress is not None
+    if train is None:
+        progress.train_time_s += time.perf_counter() - start
+        return None
+    train_time = progress.train_time_s + time.perf_counter() - start
+    state.progress = None
+    distributed.sync_buffers(t.model)  # one model to evaluate and checkpoint
+    # The image alone: test-time views are for the test set (experiment.test_score); 10 views
+    # in each validation would multiply its cost by 10.
+    val = evaluate(t.model, data.val, t.normalize, t.loss_fn, t.trainer.eval_batch_size)
+    if t.scheduler is not None and t.scheduler_interval == "epoch":
+        if isinstance(t.scheduler, ReduceLROnPlateau):
+            t.scheduler.step(val["loss"])
+        else:
+            t.scheduler.step()
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": progress.lr,  # the lr and momentum this epoch started with
+        "momentum": progress.momentum,
+        "train_loss": train["loss"],
+        "train_acc": train["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        **{key: train[key] for key in ("l1", "l2", "grad_norm") if key in train},
+        "train_time_s": train_time,
+        "samples_per_s": train["samples"] / train_time,
+        "epoch_time_s": time.perf_counter() - start + progress.train_time_s,
+    }
 
 
 @contextmanager

@@ -11,7 +11,6 @@ rewritten without them), so curves continue without a duplicated or missing step
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
@@ -26,8 +25,9 @@ from trainkit import checkpoint, init, layout, losses, runtime, schedule
 from trainkit.config import compose_config, shorten_aliases
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
-from trainkit.loop import Callback, FitState, Training
+from trainkit.loop import FitState, Training
 from trainkit.run_dirs import SPLIT_RUNS
+from trainkit.summary import read as read_summary
 
 # Where and how to run may change on resume; what is trained may not.
 CHANGEABLE = ("data.root", "data.download", "trainer.device", "trainer.threads")
@@ -140,13 +140,9 @@ def check_resume_state(saved: dict, path: Path) -> None:
 
 def refuse_failed(run_dir: Path, path: Path) -> None:
     """A run that diverged would diverge again from the same state with the same config."""
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except ValueError:
-        return
-    if summary.get("status") == "failed":
-        reason = (summary.get("reason") or summary.get("stop_reason") or "").split(";")[0]
+    summary = read_summary(run_dir / "summary.json")
+    if summary is not None and not summary.damaged and summary.status == "failed":
+        reason = str(summary.reason or summary.stop_reason or "").split(";")[0]
         raise UserError(
             f"{run_dir} failed ({reason}) and would fail again the same way: start a new run "
             f"with the fix, e.g. model.from_checkpoint={path} lr=<lower>"
@@ -208,8 +204,9 @@ def keep_events_until(run_dir: Path, until: float) -> None:
         file.unlink()
 
 
-def restore(saved: dict, t: Training, callbacks: list[Callback], device: object) -> FitState:
-    """Put the model, optimizer, scheduler, callbacks and RNGs back as they were saved."""
+def restore(saved: dict, t: Training, device: object) -> FitState:
+    """Put the model, optimizer, scheduler and RNGs back as they were saved; the fit's state to
+    go on from. The callbacks' states (saved["callbacks"]) are fit's to give back to them."""
     try:
         t.model.load_state_dict(saved["model"])
         t.optimizer.load_state_dict(saved["optimizer"])
@@ -219,10 +216,6 @@ def restore(saved: dict, t: Training, callbacks: list[Callback], device: object)
         if t.scaler is not None and saved.get("scaler") is not None:
             t.scaler.load_state_dict(saved["scaler"])
         state = FitState.from_state_dict(saved["fit"], device)  # type: ignore[arg-type]
-        for cb in callbacks:
-            name = type(cb).__name__
-            if name in saved["callbacks"]:
-                cb.load_state_dict(saved["callbacks"][name], state)
         runtime.set_rng_state(saved["rng"])  # last: building the model drew from them
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"the checkpoint does not fit its own config ({first_line(e)})") from None

@@ -39,6 +39,8 @@ from trainkit.config import compose_config
 from trainkit.errors import UserError
 from trainkit.experiment import run
 from trainkit.init_report import measure_at_init, probe_batch
+from trainkit.summary import Summary
+from trainkit.summary import read as read_summary
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,7 +58,7 @@ class Run:
 
     label: str
     run_dir: Path
-    summary: dict
+    summary: Summary
     history: list[dict]
     failed: str | None = None  # why it failed (e.g. the loss became NaN)
 
@@ -123,13 +125,15 @@ def split_seeds(args: list[str]) -> tuple[int, list[str]]:
     return int(value), rest
 
 
-def read_run(label: str, run_dir: Path, cfg_run: Callable[[], dict]) -> Run:
+def read_run(label: str, run_dir: Path, cfg_run: Callable[[], Summary]) -> Run:
     failed = None
     try:
         summary = cfg_run()
     except UserError as e:  # a diverged variant is a result, not an error
         failed = str(e)
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_summary(run_dir / "summary.json")
+        if summary is None or summary.damaged:
+            raise
     history = []
     if (run_dir / "metrics.csv").exists():  # not when the first epoch diverged
         with (run_dir / "metrics.csv").open() as f:
@@ -295,7 +299,7 @@ def sparsity(runs: dict[str, Run], user: list[str]) -> Measured:
 def early_stopping(runs: dict[str, Run], user: list[str]) -> Measured:
     full, stopped = runs["no_early_stopping"], runs["early_stopping"]
     best = min(full.history, key=lambda h: h["val_loss"])["epoch"] if full.history else math.nan
-    kept = stopped.summary["best"]["epoch"] if stopped.summary.get("best") else math.nan
+    kept = stopped.summary.best["epoch"] if stopped.summary.best else math.nan
     return Measured({
         "no_early_stopping": {"epochs_run": float(len(full.history)), "best_val_epoch": best},
         "early_stopping": {"epochs_run": float(len(stopped.history)), "kept_epoch": kept,
@@ -338,8 +342,8 @@ def learning_curves(runs: dict[str, Run], user: list[str]) -> Measured:
                 group[f"val_loss_{where}"] = last["val_loss"]
         values[label] = {
             **last,
-            "samples": float(r.summary["dataset"]["train"]),
-            "steps": float(r.summary["final"]["step"]) if r.history else math.nan,
+            "samples": float(r.summary.dataset["train"]),
+            "steps": float(r.summary.final["step"]) if r.history else math.nan,
         }
     return Measured(values)
 

@@ -9,7 +9,6 @@ the same report can be made again from a finished sweep dir: `trainkit compare <
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import sys
@@ -22,12 +21,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from trainkit.config import shorten_aliases
-from trainkit.errors import UserError, first_line
-from trainkit.files import write_text_atomic
+from trainkit.errors import first_line
 from trainkit.metrics import METRICS, MONITORABLE
+from trainkit.summary import FAILED, Summary, mark_failed
+from trainkit.summary import read as read_summary
 
 SEED_KEY = "seed"  # trainer.seed as the user types it
-FAILED = "failed"
 # What every metrics.csv row has; NaN where a damaged file lacks one.
 COLUMNS = dict.fromkeys(("epoch", "train_loss", "train_acc", "val_loss", "val_acc"), math.nan)
 FAILED_JOBS: list[Job] = []  # of the sweeps reported in this process: cli.main's exit code
@@ -40,12 +39,12 @@ class Job:
     num: int
     path: Path
     overrides: dict[str, str]  # key -> value, aliases as typed: {"lr": "0.1", "optimizer": "sgd"}
-    summary: dict = field(default_factory=dict)  # summary.json; {} if the job left none
+    summary: Summary | None = None  # summary.json; None if the job left none
     _history: list[dict[str, float]] | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
-        return str(self.summary.get("status", "completed" if self.summary else "unfinished"))
+        return str(self.summary.status) if self.summary else "unfinished"
 
     @property
     def monitor(self) -> str:
@@ -63,9 +62,9 @@ class Job:
 
     @property
     def reason(self) -> str:
-        return str(
-            self.summary.get("reason") or ("" if self.ok else self.summary.get("stop_reason", ""))
-        )
+        if self.summary is None:
+            return ""
+        return str(self.summary.reason or ("" if self.ok else self.summary.stop_reason))
 
     def best(self, metric: str) -> float:
         """The best value `metric` reached in any epoch (max for accuracies, min for losses)."""
@@ -85,7 +84,7 @@ class Job:
         return self._number("test", metric)
 
     def _number(self, section: str, metric: str) -> float:
-        values = self.summary.get(section)
+        values = getattr(self.summary, section, None)
         return number(values.get(metric)) if isinstance(values, dict) else math.nan
 
     def history(self) -> list[dict[str, float]]:
@@ -120,13 +119,7 @@ def record_failure(run_dir: Path, reason: str, job_label: str, monitor: str) -> 
     """Mark a sweep job failed in its summary.json, say so now, and return the worst value of
     `monitor` for the sweeper: Optuna then steers away from that region and goes on (it stops
     the whole study on NaN or an exception); Hydra's basic sweeper ignores the value."""
-    path = run_dir / "summary.json"
-    summary = read_summary(path) or {"run_dir": str(run_dir)}
-    summary |= {"status": FAILED, "reason": reason}
-    try:
-        write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
-    except UserError as e:  # a full disk: the failure is still said, here and in the report
-        reason = f"{reason} ({e})"
+    reason = mark_failed(run_dir, reason)  # with the disk's complaint if it is full
     print(f"trainkit: job {job_label} failed: {reason}", file=sys.stderr, flush=True)
     return METRICS[monitor].worst()
 
@@ -140,7 +133,7 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
         overrides, num, damage = read_hydra_files(hydra_dir)
         summary = read_summary(hydra_dir.parent / "summary.json")
         if damage:
-            summary = {"status": FAILED, "reason": damage, "damaged": True}
+            summary = Summary(str(hydra_dir.parent), FAILED, damage, reason=damage, damaged=True)
         jobs.append(Job(num, hydra_dir.parent, overrides, summary))
     return sorted(jobs, key=lambda job: job.num)
 
@@ -165,20 +158,6 @@ def plain_yaml(path: Path) -> Any:
     """A YAML file of a sweep folder as plain data: no interpolation is resolved (the folder is
     data: `${oc.env:...}` in it stays text)."""
     return yaml.safe_load(path.read_text())
-
-
-def read_summary(path: Path) -> dict:
-    """A job's summary.json; {} if there is none; a failed job's if it is damaged."""
-    if not path.is_file():
-        return {}
-    try:
-        summary = json.loads(path.read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        reason = f"{path} is damaged ({type(e).__name__}: {first_line(e)[:80]})"
-        return {"status": FAILED, "reason": reason, "damaged": True}
-    return summary
 
 
 def varied_keys(jobs: list[Job]) -> list[str]:
@@ -284,8 +263,9 @@ def job_rows(report: Report) -> list[dict[str, Any]]:
             "final_val_acc": job.final("val_acc"),
             "test_acc": job.test("acc"),
             "test_loss": job.test("loss"),
-            "epochs_run": job.summary.get("epochs_run", ""),  # not "epochs": a key one may sweep
-            "time_s": number(job.summary.get("wall_time_s")),
+            # not "epochs": a key one may sweep
+            "epochs_run": job.summary.epochs_run if job.summary else "",
+            "time_s": number(job.summary.wall_time_s if job.summary else None),
             "reason": job.reason,
         })
     return rows
