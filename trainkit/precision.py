@@ -124,9 +124,7 @@ def cache_file() -> Path:
 def cache_key() -> str:
     """CPU model name with family and model (lscpu calls Zen 3 and Zen 4 both "AMD EPYC"),
     and torch's version: a new torch may bring new kernels."""
-    info = runtime.cpu_info()
-    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
-            f"{info.get('model', '?')}), torch {torch.__version__}")
+    return f"{runtime.cpu_name()}, torch {torch.__version__}"
 
 
 def read_cache(path: Path) -> dict[str, dict[str, float]]:

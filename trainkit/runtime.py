@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import random
 import sys
 from pathlib import Path
@@ -145,6 +146,16 @@ def cpu_info() -> dict[str, str]:
         key, _, value = line.partition(":")
         info.setdefault(key.strip(), value.strip())
     return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its family and model: lscpu names Zen 3 and Zen 4 both
+    "AMD EPYC", and speed figures are only comparable within one of them."""
+    info = cpu_info()
+    if not info:
+        return platform.processor() or platform.machine()
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')})")
 
 
 def cpu_flags() -> set[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import matplotlib
 import matplotlib.ticker
 import torch
 
-from trainkit import checkpoint, console
+from trainkit import checkpoint, console, runtime
 from trainkit.config import compose_config
 from trainkit.errors import UserError
 from trainkit.experiment import run
@@ -744,21 +743,10 @@ def figure(name: str, study: Study, seeds: list[dict[str, Run]], measured: list[
     elif name == "learning_curves":
         size_panel(axes[0][len(study.panels)], agg)
     check_panel(axes[0][-1], agg, study.checks[0])
-    fig.suptitle(f"{name}: {study.claim}\n{cpu_model()}, n={len(seeds)} seeds", fontsize=8)
+    fig.suptitle(f"{name}: {study.claim}\n{runtime.cpu_name()}, n={len(seeds)} seeds", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def cpu_model() -> str:
-    """The CPU's name, as /proc/cpuinfo gives it (the machine of the measurement)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_study(name: str, args: list[str], out_dir: Path) -> dict:
@@ -778,7 +766,7 @@ def run_study(name: str, args: list[str], out_dir: Path) -> dict:
     result = {"study": name, "claim": study.claim, "setup": study.setup, "result": line,
               "stats": agg, "checks": verdicts, "rule": SPREAD_RULE, "seeds": list(range(n)),
               "per_seed": [m.values for m in measured], "overrides": user,
-              "variants": study.variants, "cpu": cpu_model(), "torch": torch.__version__,
+              "variants": study.variants, "cpu": runtime.cpu_name(), "torch": torch.__version__,
               "wall_s": round(time.monotonic() - started, 1)}
     (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     console.console.print(f"[bold]{name}:[/] {line}", soft_wrap=True, highlight=False)
