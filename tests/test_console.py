@@ -14,6 +14,7 @@ from rich.console import Console
 from trainkit import console
 from trainkit.config import validate
 from trainkit.loop import FitState
+from trainkit.summary import Summary
 
 from .conftest import compose_config
 
@@ -52,12 +53,12 @@ def test_a_sweep_job_ends_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(console, "console", Console(file=screen, width=200))
     monkeypatch.setattr(console, "compact", True)
     row = {"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.75}
-    console.print_summary({
+    console.print_summary(Summary.from_dict({
         "final": row, "best": row, "test": {"loss": 0.61, "acc": 0.7412},
         "stop_reason": "completed 1 epoch", "wall_time_s": 3.21, "train_samples_per_s": 1234.0,
         "device": "cpu", "run_dir": "outputs/x", "status": "completed",
         "diagnosis": {"verdict": "good fit", "evidence": {}, "advice": []},
-    })  # fmt: skip
+    }))  # fmt: skip
     assert screen.getvalue().splitlines() == [
         "test acc 0.7412 (loss 0.6100), best val acc 0.7500 at epoch 2; verdict: good fit; "
         "completed 1 epoch in 3.2s, 1,234 train samples/s on cpu"

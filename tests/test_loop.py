@@ -41,3 +41,55 @@ def test_a_nan_already_found_is_kept() -> None:
     pending.add(9, torch.tensor(float("nan")), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
     pending.fold_into(p)
     assert int(p.nonfinite_at) == 4 and int(p.correct) == 2
+
+
+def test_a_training_step_is_the_textbook_step_written_out_by_hand() -> None:
+    """train_step against the same two steps written out: forward on the normalized batch,
+    cross-entropy plus l2/2 * sum(w^2) over the weight matrix (not the bias), gradients from
+    zero, clipped to a total norm of 0.3, then SGD. Planted bugs caught: gradients not zeroed
+    (they add up over the two steps), the penalty on the bias or without the 1/2, clipping after
+    the step."""
+    import copy
+    from contextlib import nullcontext
+
+    from torch import nn
+
+    from trainkit.data import Normalizer
+    from trainkit.loop import StepSpec, Training, train_step
+
+    from .conftest import compose_config
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    by_hand = copy.deepcopy(model)
+    cfg = compose_config(["regularization.l2=0.1", "regularization.clip_grad_norm=0.3"])
+    t = Training(
+        model, nn.functional.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.5), None,
+        "epoch", Normalizer([0.4], [0.2], torch.device("cpu")), None, cfg.regularization,
+        cfg.trainer,
+    )  # fmt: skip
+    images = torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    sums = {key: torch.zeros(()) for key in ("loss", "l1", "l2", "grad_norm")}
+    spec = StepSpec.of(t)
+    assert (spec.l1, spec.l2, spec.clip_norm, spec.proximal) == (0.0, 0.1, 0.3, None)
+    for _ in range(2):
+        data_loss, loss, logits = train_step(t, spec, images, labels, sums, nullcontext())
+
+    sgd = torch.optim.SGD(by_hand.parameters(), lr=0.5)
+    norms, penalties = [], []
+    for _ in range(2):
+        sgd.zero_grad()
+        x = t.normalize(images)  # (x/255 - 0.4) / 0.2: tested in test_data.py
+        penalty = 0.1 / 2 * by_hand[1].weight.pow(2).sum()
+        (nn.functional.cross_entropy(by_hand(x), labels) + penalty).backward()
+        norms.append(nn.utils.clip_grad_norm_(by_hand.parameters(), 0.3))
+        penalties.append(penalty.detach())
+        sgd.step()
+    for mine, theirs in zip(model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sums["grad_norm"], norms[0] + norms[1])
+    torch.testing.assert_close(sums["l2"], penalties[0] + penalties[1])
+    assert norms[0] > 0.3  # the clip acted
+    torch.testing.assert_close(loss - data_loss, penalties[1])
+    assert logits.shape == (6, 3)

@@ -11,6 +11,7 @@ from torch import nn
 
 from trainkit.errors import UserError
 from trainkit.experiment import build_optimizer
+from trainkit.optim_step import LeanAdamStep, step_function
 from trainkit.schedule import build_scheduler, current_momentum
 
 from .conftest import compose_config
@@ -57,12 +58,25 @@ def test_each_optimizer_is_torchs_own_with_the_lr_asked_for(option: str, torch_c
         assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
 
 
-def test_adamw_decay_is_decoupled_from_the_gradient() -> None:
-    w = nn.Parameter(torch.full((3,), 2.0))
-    optimizer = torch.optim.AdamW([w], lr=0.1, weight_decay=0.5)
-    w.grad = torch.zeros(3)
-    optimizer.step()  # zero gradient: only the decay moves w, by lr * wd * w
-    torch.testing.assert_close(w.detach(), torch.full((3,), 2.0 * (1 - 0.1 * 0.5)))
+def test_adamw_decay_is_decoupled_from_the_gradient_and_spares_biases() -> None:
+    """trainkit's optimizer=adamw through the loop's own step (the lean fused one after the
+    first): with zero gradients only the decay moves the weights, by lr * wd * w per step, and
+    the biases (no-decay group) stay. Planted bugs caught: decay applied to every group, or
+    the lean step calling Adam's kernel (L2 in the gradient: Adam's normalized step of lr)."""
+    model = nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[0].bias.fill_(1.0)
+    cfg = compose_config(["optimizer=adamw", "lr=0.1", "optimizer.weight_decay=0.5"])
+    optimizer = build_optimizer(cfg.optimizer, model)
+    step = step_function(optimizer)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        step()
+    assert isinstance(step, LeanAdamStep)
+    torch.testing.assert_close(model[0].weight.detach(), torch.full((2, 3), 2.0 * 0.95**3))
+    assert torch.equal(model[0].bias.detach(), torch.ones(2))
 
 
 def test_step_and_multistep_and_exponential_closed_forms() -> None:

@@ -26,6 +26,7 @@ from trainkit import hparams, sweep
 from trainkit.cli import preflight
 from trainkit.config import expand_aliases
 from trainkit.runtime import available_cores
+from trainkit.summary import Summary
 
 from .conftest import small_overrides
 from .test_cli import trainkit
@@ -389,7 +390,8 @@ def fake_job(
     num: int, overrides: dict[str, str], val_acc: list[float], ok: bool = True
 ) -> sweep.Job:
     history = [{"epoch": i + 1, "val_acc": v, "val_loss": 1 - v} for i, v in enumerate(val_acc)]
-    summary = {"status": "completed" if ok else "failed", "reason": "" if ok else "boom"}
+    status, why = ("completed", "completed") if ok else ("failed", "boom")
+    summary = Summary(f"job{num}", status, why, reason=None if ok else why)
     return sweep.Job(num, Path(f"job{num}"), overrides, summary, _history=history)
 
 
@@ -418,7 +420,7 @@ def test_a_sweep_over_epochs_keeps_the_swept_value_and_the_epochs_run_apart(
     jobs = [fake_job(i, {"epochs": e, "seed": s}, [0.5] * int(e)) for i, (e, s) in
             enumerate([("4", "0"), ("4", "1"), ("5", "0"), ("5", "1")])]  # fmt: skip
     for job in jobs:
-        job.summary |= {"epochs_run": len(job.history()), "wall_time_s": 1.0}
+        job.summary.epochs_run, job.summary.wall_time_s = len(job.history()), 1.0
     keys = sweep.varied_keys(jobs)
     report = sweep.Report(Path("sweep"), "val_acc", sweep.rank(jobs, "val_acc"), keys,
                           sweep.rank_groups(sweep.by_seed(jobs, keys), "val_acc"))  # fmt: skip
