@@ -3,6 +3,14 @@ compose the real config the way the CLI does."""
 
 from __future__ import annotations
 
+import os
+
+# One torch thread per test process, before torch is imported (trainkit runs in subprocesses
+# inherit it): `pytest -n auto` runs one worker per core, and two workers each running torch
+# on both cores contend; test_studies.py and test_tools.py took 114 s that way, 65 s this way
+# (2 cores, Zen 3). A test of thread counts sets trainer.threads itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import gzip
 import pickle
 import struct
