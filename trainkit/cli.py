@@ -98,11 +98,10 @@ def main() -> None:
 def entry() -> None:
     """The `trainkit` command and `python -m trainkit`: main(), then the process ends without the
     interpreter's teardown, once the exit handlers have run and every stream and log is flushed.
-    Tearing this torch build down took 0.4 s and touched 128 MB more: peak RSS of
-    `python -c "import torch"` 648 MB, 521 MB without it; of `trainkit epochs=1` 1.21-1.25 GB,
-    1.01-1.13 GB without it. Errors that main() turns into an exit status end the same way;
-    an exception it lets through, threads still running (the parallel launcher's), or a
-    profiler, tracer or coverage tool watching get Python's usual exit."""
+    Tearing this torch build down is slow and raises the peak memory. Errors that main() turns
+    into an exit status end the same way; an exception it lets through, threads still running
+    (the parallel launcher's), or a profiler, tracer or coverage tool watching get Python's
+    usual exit."""
     try:
         main()
         code = 0
@@ -516,7 +515,7 @@ def preflight(overrides: list[str], multirun: bool, check_data: bool = True) -> 
 
 
 # The config with Hydra's settings, as check_hydra_settings composed it for these overrides:
-# claim_outputs reads the same one (a compose is ~0.3 s of every start-up).
+# claim_outputs reads the same one (a compose is a noticeable part of every start-up).
 WITH_HYDRA: dict[tuple[str, ...], DictConfig] = {}
 
 

@@ -114,8 +114,8 @@ def paths(prefix: str) -> list[str]:
 
 
 def study_names() -> list[str]:
-    """The keys of studies.STUDIES, read from its source: importing studies loads torch, two
-    seconds per tab press."""
+    """The keys of studies.STUDIES, read from its source: importing studies loads torch, too
+    slow for a tab press."""
     tree = ast.parse((Path(__file__).parent / "studies.py").read_text())
     for node in tree.body:
         target = getattr(node, "target", None)

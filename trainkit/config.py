@@ -130,7 +130,7 @@ class SGDConfig:
     dampening: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
-    fused: bool | None = None  # None: torch's fused kernel (Adam: 1.25x on the MLP, CPU)
+    fused: bool | None = None  # None: torch's fused kernel (the faster one)
 
 
 @dataclass
@@ -143,7 +143,7 @@ class AdamConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     amsgrad: bool = False
-    fused: bool | None = None  # None: torch's fused kernel (Adam: 1.25x on the MLP, CPU)
+    fused: bool | None = None  # None: torch's fused kernel (the faster one)
 
 
 @dataclass
@@ -173,7 +173,7 @@ class AdagradConfig:
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
     eps: float = 1e-10
-    fused: bool | None = None  # None: torch's fused kernel (Adam: 1.25x on the MLP, CPU)
+    fused: bool | None = None  # None: torch's fused kernel (the faster one)
 
 
 @dataclass
@@ -366,10 +366,10 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
     threads: int | None = None  # torch intra-op threads; None: torch's default
-    channels_last: bool = True  # NHWC memory layout for 4-D batches: ~1.4x faster CNNs on CPU
+    channels_last: bool = True  # NHWC memory layout for 4-D batches: faster CNNs on CPU
     transposed_linear: bool = True  # wide Linear weights column-major on CPU (layout.py)
     precision: str = "auto"  # auto (bf16 where fast, else fp32; precision.py) | fp32 | bf16 | fp16
-    compile: bool = False  # torch.compile the training forward (cold compile: ~30 s on CPU)
+    compile: bool = False  # torch.compile the training forward (a cold compile is slow on CPU)
     max_steps_per_epoch: int | None = None  # cut epochs short, for debugging
     log_every_n_steps: int = 50  # how often the progress bar syncs the running loss
     monitor: str = "val_acc"  # metric that picks best.pt: val_acc (max) or val_loss (min)

@@ -504,8 +504,8 @@ def check(cfg: DictConfig) -> None:
 def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> Data:
     """Read the dataset, carve validation from train with a fixed seed, move it to `device`.
     `channels_last`: hold color images as [N, C, H, W] views of NHWC storage, the layout a
-    channels_last model takes in: converting each batch instead measured ~4 ms per CIFAR-10
-    batch of 128 on the CPU (a uint8 NCHW -> NHWC copy is slow here), ~7% of a CNN step."""
+    channels_last model takes in: converting each batch instead costs a uint8 NCHW -> NHWC copy
+    per batch, slow on the CPU and a visible share of a CNN step."""
     found, arrays = read(cfg)
     train_x, train_y, test_x, test_y = select(cfg, arrays)
     chosen = plan(cfg, train_y, test_y)
@@ -542,10 +542,9 @@ def image_tensor(x: np.ndarray, channels_last: bool) -> torch.Tensor:
 def take(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """The images at `idx` (along the sample axis), in the layout they are held in.
 
-    index_select, not images[idx]: advanced indexing measured ~150 us per batch of 128
-    Fashion-MNIST images on the CPU, index_select ~7 us (5% of an MLP step). Channels-last
-    images are gathered as whole rows of their NHWC view: index_select on the [N, C, H, W] view
-    returns NCHW, copied element by element (~0.7 ms per CIFAR-10 batch of 128)."""
+    index_select, not images[idx]: advanced indexing is many times slower on the CPU, enough to
+    show in an MLP step. Channels-last images are gathered as whole rows of their NHWC view:
+    index_select on the [N, C, H, W] view returns NCHW, copied element by element (slow)."""
     if not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
         return images.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
     return images.index_select(0, idx)
@@ -578,7 +577,7 @@ class Normalizer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         # A fresh float tensor (a copy even when given floats: the caller's stays as it was),
-        # then two in-place passes: one addcmul with broadcast factors measured 3-4x slower.
+        # then two in-place passes: one addcmul with broadcast factors ran slower.
         x = images.to(torch.float32, memory_format=self.memory_format,
                       copy=images.is_floating_point())
         scale, shift = self.factors(x.shape[1:])
@@ -587,7 +586,7 @@ class Normalizer:
     def factors(self, image_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         """scale and shift as whole [1, C, H, W] images in the batch's layout, made once per
         shape. A [1, C, 1, 1] factor broadcast over a channels-last batch runs an inner loop of
-        C elements: 0.8 ms instead of 40 us per CIFAR-10 batch of 128 on the CPU."""
+        C elements, far slower on the CPU than whole-image factors."""
         if image_shape not in self.per_pixel:
             self.per_pixel[image_shape] = tuple(
                 f.expand(1, *image_shape).contiguous(memory_format=self.memory_format)

@@ -14,9 +14,9 @@ diagnostics/grad_norm/net.fc1):
                         that are <= 0 for every sample of the batch (dead ReLUs)
 The total gradient norm, grad_norm/total, at step 1 and every `total_norm_every_n_steps` (at
 most `every`) steps: kept on the device and written at each sample, so no per-step sync (a sync
-every step would cost the MLP ~8% of its step time). Histograms of weights and gradients
-(weights/<layer>, grads/<layer>) every `histograms_every_n_epochs` epochs, at the epoch's last
-step, in HISTOGRAM_BINS equal bins (write_histogram).
+every step would cost the MLP a visible share of its step time). Histograms of weights and
+gradients (weights/<layer>, grads/<layer>) every `histograms_every_n_epochs` epochs, at the
+epoch's last step, in HISTOGRAM_BINS equal bins (write_histogram).
 
 Alerts (printed once each, and written to TensorBoard text as warnings/<kind>):
   vanishing   first layer's gradient norm < vanishing_ratio x the last layer's
@@ -48,8 +48,8 @@ def write_histogram(writer: SummaryWriter, tag: str, values: torch.Tensor, step:
     """A histogram of the finite entries of `values`, binned by torch.
 
     Not SummaryWriter.add_histogram: it bins in numpy, whose `values.dot(values)` wakes OpenBLAS's
-    worker threads, and they spin for ~0.1 s after it returns. On 2 cores they took the CPU from
-    the training steps that followed: the MLP's next 100 steps ran ~30% slower (measured)."""
+    worker threads, and they spin for a while after it returns. On 2 cores they took the CPU from
+    the training steps that followed, which ran markedly slower."""
     x = values.detach().flatten().float().cpu()  # histc on CUDA has no deterministic mode
     x = x[torch.isfinite(x)]
     if x.numel() == 0:
@@ -85,7 +85,7 @@ def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
 class Diagnostics(Callback):
     def __init__(self, cfg: DictConfig, model: nn.Module, writer: SummaryWriter) -> None:
         self.cfg = cfg
-        # Read per step: plain ints, not config lookups (~10 us each, ~1% of an MLP step).
+        # Read per step: plain ints, not config lookups (slow enough to matter per step).
         self.every = cfg.every_n_steps  # set for the run's epoch length at its start
         self.norm_every = min(cfg.total_norm_every_n_steps, self.every)
         self.model = model

@@ -4,12 +4,10 @@ An `nn.Linear` weight is [out, in], row-major. Its forward is `x @ weight.t()` a
 computes its gradient in the weight's own layout: for a row-major weight that is
 `grad_out.t() @ x`, a product MKL runs slowly on this machine class. Stored column-major (the
 same [out, in] tensor over transposed storage) the forward reads `weight.t()` contiguously and
-the gradient becomes `x.t() @ grad_out`. Measured at batch 128 on 2 Zen 4 cores (forward and
-backward of the layer alone, fastest of 9): 784->256 0.78x the time, 3136->128 (the default
-CNN's hidden layer) 0.76x, 784->100 0.84x; but 256->128 1.04x, 1024->1024 1.08x and 128->10
-1.22x. Hence the rule: wide layers (in >= 3x out) with at least 64 outputs. On 2 Zen 3
-cores, the machine class's other CPU, the gains are smaller and the rule the same: 784->256
-0.96x, 3136->128 0.93x, 128->10 1.13x (256->128, left row-major, 0.97x: near noise).
+the gradient becomes `x.t() @ grad_out`. Timed layer by layer on both CPUs of this machine
+class, that is faster for wide layers (the default CNN's hidden layer among them) and slower for
+squarer ones and for narrow heads (a 10-class head). Hence the rule: wide layers (in >= 3x out)
+with at least 64 outputs; the figures are in docs/design-notes.md.
 
 Values, names and shapes are unchanged: only the strides differ, in memory and in the
 checkpoints (torch.save keeps them; a consumer that needs contiguous tensors calls

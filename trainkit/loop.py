@@ -212,9 +212,9 @@ class Training:
 class PendingSteps:
     """The losses, logits and labels of the steps not yet counted in the epoch's correct count
     and first NaN/Inf step, kept on the device as they came. Folding them in a few ops per
-    interval instead of six small ops per step (isfinite, where, argmax, eq, sum, add) saved
-    ~50 us of a ~2.5 ms MLP step on the CPU. Both are integers, so where the folds fall (an
-    interruption adds one) cannot change them: a resumed run counts exactly what an
+    interval instead of six small ops per step (isfinite, where, argmax, eq, sum, add) saves
+    a measurable share of a small MLP step on the CPU. Both are integers, so where the folds
+    fall (an interruption adds one) cannot change them: a resumed run counts exactly what an
     uninterrupted one does. No sync: the loop reads them back once per log interval."""
 
     capacity = 32  # steps held at most (a few MB of logits even with 1000 classes)
@@ -535,7 +535,7 @@ def evaluate(
 ) -> dict:
     """Mean loss and accuracy over `split`, in eval mode (dropout off, batch-norm running stats).
     With `num_classes`, also "confusion_matrix": [true, predicted] counts from the same
-    predictions (a second pass would double the cost: 7.6 s of the speedrun's 10-view test).
+    predictions (a second pass would double the cost, large with many test-time views).
     Under torchrun each rank evaluates its share and the sums are all-reduced."""
     model = inference_copy(model)
     device = split.labels.device

@@ -75,12 +75,11 @@ class CNN(nn.Module):
     """[input dropout] -> per entry of `channels`: conv -> [batch norm] -> activation -> 2x2
     max-pool -> [dropout]; then flatten -> Linear(hidden) -> activation -> [dropout] -> head.
     With an activation that commutes with max-pooling, the pool runs first: the same function,
-    with the activation (and its backward) on a quarter of the values (measured: the default
-    CNN's step 8% faster on CPU).
+    with the activation (and its backward) on a quarter of the values (a faster step on CPU).
 
     `pool_first`: conv -> max-pool -> [batch norm] -> activation, a different model (batch
     norm's statistics are those of the pooled values) whose batch norm runs on a quarter of
-    the values: the speedrun CNN's step 8-16% faster on CPU."""
+    the values: a faster step on CPU."""
 
     def __init__(
         self,
@@ -273,8 +272,8 @@ _activation = activation  # the constructors' `activation` argument shadows the 
 def inference_copy(model: nn.Module) -> nn.Module:
     """`model` for evaluation, in eval mode. Where a batch norm directly follows a conv or linear
     layer in a Sequential, an eval copy with the norm folded into that layer: the same function
-    with one layer fewer to run (default CNN: ~18% faster evaluation), without the original's
-    forward hooks. With nothing to fold, the model itself."""
+    with one layer fewer to run (faster evaluation), without the original's forward hooks.
+    With nothing to fold, the model itself."""
     if not any(_foldable_pairs(m) for m in model.modules()):
         return model.eval()
     folded = copy.deepcopy(model).eval()

@@ -2,10 +2,10 @@
 
 For fused Adam and AdamW (trainkit's default: experiment.build_optimizer) the step is torch's
 fused Adam kernel, called with the arguments `torch.optim.adam.adam` passes it, on the optimizer's
-own state. `optimizer.step()` spends ~0.1 ms per call in Python around that kernel
-(step hooks, a profiler record, `_init_group`'s per-parameter checks): 8-10% of a 1.3 ms MLP step at
-batch 128 on 2 CPU cores. The state stays the optimizer's, so checkpoints, resuming and
-`optimizer.state_dict()` see exactly what `optimizer.step()` would have left.
+own state. `optimizer.step()` spends time in Python around that kernel (step hooks, a profiler
+record, `_init_group`'s per-parameter checks): a visible share of a small MLP step on the CPU.
+The state stays the optimizer's, so checkpoints, resuming and `optimizer.state_dict()` see
+exactly what `optimizer.step()` would have left.
 Every other optimizer, and Adam set up in a way the lean step does not cover (amsgrad,
 capturable, differentiable, not fused, step hooks), steps with `optimizer.step()`.
 
@@ -43,7 +43,7 @@ def lean_step_works() -> bool:
     """Whether this torch has what the lean step calls, and the lean step gives exactly what
     `optimizer.step()` gives: three steps of Adam and AdamW (two param groups, one with weight
     decay, a column-major weight) on a tiny net, both ways, weights and state compared bit for
-    bit. Checked once per process (~5 ms)."""
+    bit. Checked once per process, at little cost."""
     try:
         return all(same_steps(kind) for kind in (Adam, AdamW))
     except Exception:  # a private call missing or changed: KeyError, AttributeError, ...
@@ -116,11 +116,11 @@ class LeanAdamStep:
 
 class SharedSteps:
     """Adam's per-parameter step counts (state["step"], 0-dim tensors) as views of one tensor,
-    so that one add advances them all: torch adds 1 to each in turn, ~3 us apiece on the CPU
-    (~2% of an MLP step). Each stays a tensor of its own to the optimizer, its state_dict and
-    its checkpoints. Whenever the states given differ from the ones it holds (a parameter
-    without a gradient this step, a resumed optimizer's new state), it advances them one by
-    one and takes over those instead."""
+    so that one add advances them all: torch adds 1 to each in turn, which adds up to a visible
+    share of an MLP step on the CPU. Each stays a tensor of its own to the optimizer, its
+    state_dict and its checkpoints. Whenever the states given differ from the ones it holds (a
+    parameter without a gradient this step, a resumed optimizer's new state), it advances them
+    one by one and takes over those instead."""
 
     def __init__(self) -> None:
         self.counts = torch.zeros(0)
@@ -174,10 +174,10 @@ def update(group: dict, params: list[torch.Tensor], states: list[dict]) -> None:
 
     Adam is elementwise, so every tensor may be updated through any one permutation of its
     dimensions, the same for a parameter, its gradient and its state: each is permuted to the
-    order its storage is row-major in, as the fused CPU kernel ran 2x slower on the
-    column-major tensors themselves (~0.1 ms of an MLP step). The kernel is called directly:
-    the functional Adam's grouping and checks took ~2% of an MLP step, and the tests hold the
-    result to `optimizer.step()`'s bit for bit."""
+    order its storage is row-major in, as the fused CPU kernel ran slower on the
+    column-major tensors themselves. The kernel is called directly: the functional Adam's
+    grouping and checks cost a visible share of an MLP step, and the tests hold the result to
+    `optimizer.step()`'s bit for bit."""
     beta1, beta2 = group["betas"]
     kernel = getattr(torch, FUSED_KERNELS[group["decoupled_weight_decay"]])
     kinds: dict[tuple, list[int]] = {}

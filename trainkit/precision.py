@@ -2,10 +2,10 @@
 
 `auto` (the default) is bf16 where bf16 is fast and fp32 elsewhere: on CUDA, bf16 where the GPU
 supports it; on a CPU, bf16 only where a short probe at start-up timed bf16 matmuls and
-convolutions faster than fp32 (measured 2026-12-06: bf16 autocast trained the CNN ~2x faster on
-an Intel Xeon with AMX, 5-8x slower on a Zen 3 without bf16 units). A CPU without the
-avx512_bf16 or amx_bf16 flag is fp32 without timing anything: its bf16 matmul is emulated (Zen 3:
-~0.6 GFLOP/s against ~120 for fp32), and timing it would cost a run ~0.1 s for nothing.
+convolutions faster than fp32 (bf16 autocast trained the CNN faster on an Intel Xeon with AMX,
+and several times slower on a Zen 3 without bf16 units). A CPU without the avx512_bf16 or
+amx_bf16 flag is fp32 without timing anything: its bf16 matmul is emulated, far slower than
+fp32, and timing it would lengthen every start-up for nothing.
 
 The probe's result is cached per CPU and torch version in a JSON file under ~/.cache/trainkit
 ($XDG_CACHE_HOME respected): read as data, and ignored and rewritten when damaged.
@@ -27,7 +27,7 @@ from trainkit.errors import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # CPU flags of the units that make low-precision matmul fast; without them torch emulates it
-# (bf16 matmul measured ~100x slower than fp32 on an AVX2 machine).
+# (bf16 matmul far slower than fp32 on an AVX2 machine).
 FAST_CPU_FLAGS = {
     torch.bfloat16: ("avx512_bf16", "amx_bf16"),
     torch.float16: ("avx512_fp16", "amx_fp16"),
@@ -176,7 +176,7 @@ def probe() -> dict[str, float]:
 
     threads = torch.get_num_threads()
     # One thread: with two, an op waits for the slower one, and where another process holds a
-    # core that wait is a time slice (measured: a 0.5 ms matmul taking 24 ms, again and again).
+    # core that wait is a time slice (a short matmul taking many times as long, again and again).
     # The ratio is a per-core property.
     torch.set_num_threads(1)
     try:
@@ -188,8 +188,8 @@ def probe() -> dict[str, float]:
 def speedup(work: Callable[[], object], rounds: int = 5) -> float:
     """fp32 time / bf16 time of `work`, each its fastest of up to `rounds` after a warm-up.
     The two alternate, so that another process taking the core for a while slows both; bf16
-    stops after 2 rounds where it is already 3x slower: the whole probe of an emulated bf16
-    (Zen 3, forced past the flag check) measured 0.17-0.18 s on 2 loaded vCPUs."""
+    stops after 2 rounds where it is already 3x slower, so that even the probe of an emulated
+    bf16 (forced past the flag check) stays short."""
     fp32: list[float] = []
     bf16: list[float] = []
     for i in range(rounds + 1):  # round 0 warms up: oneDNN builds its kernels on first use
