@@ -93,3 +93,32 @@ def test_a_training_step_is_the_textbook_step_written_out_by_hand() -> None:
     assert norms[0] > 0.3  # the clip acted
     torch.testing.assert_close(loss - data_loss, penalties[1])
     assert logits.shape == (6, 3)
+
+
+def test_callback_state_is_kept_by_state_key_and_two_under_one_key_is_an_error() -> None:
+    """Planted bug: keyed by class name alone, the second counter's state overwrote the first's
+    in the checkpoint and both resumed with it."""
+    from trainkit.callbacks import callback_states
+    from trainkit.loop import Callback, FitState, restore_callbacks
+
+    class Counter(Callback):
+        def __init__(self, key: str | None, count: int) -> None:
+            self.key, self.count = key, count
+
+        @property
+        def state_key(self) -> str:
+            return self.key or super().state_key
+
+        def state_dict(self) -> dict:
+            return {"count": self.count}
+
+        def load_state_dict(self, saved: dict, state: FitState) -> None:
+            self.count = saved["count"]
+
+    saved = callback_states([Counter("train", 3), Counter("val", 5), Callback()])
+    assert saved == {"train": {"count": 3}, "val": {"count": 5}}
+    resumed = [Counter("train", 0), Counter("val", 0)]
+    restore_callbacks(resumed, saved, FitState(1, 1))
+    assert [cb.count for cb in resumed] == [3, 5]
+    with pytest.raises(ValueError, match="two callbacks keep state under 'Counter'"):
+        callback_states([Counter(None, 1), Counter(None, 2)])

@@ -185,12 +185,12 @@ class Checkpointer(Callback):
         self.others = [cb for cb in callbacks if cb is not self]
 
     def checkpoint(self, state: FitState, metrics: dict | None) -> dict:
-        states = {type(cb).__name__: cb.state_dict() for cb in self.others}
+        states = callback_states(self.others)
         return {
             **self.snapshot(),
             "rng": runtime.rng_state(),
             "fit": state.state_dict(),
-            "callbacks": {name: value for name, value in states.items() if value is not None},
+            "callbacks": states,
             "epoch": state.epoch,
             "step": state.step,
             "metrics": metrics,
@@ -217,6 +217,21 @@ class Checkpointer(Callback):
         if self.every_n_epochs and state.epoch % self.every_n_epochs == 0:
             names.append(f"epoch_{state.epoch}.pt")
         self.save(state, metrics, names)
+
+
+def callback_states(callbacks: list[Callback]) -> dict[str, dict]:
+    """The state of each callback that keeps one, by its state_key; two under one key would
+    overwrite each other in the checkpoint, so that is an error."""
+    states: dict[str, dict] = {}
+    for cb in callbacks:
+        mine = cb.state_dict()
+        if mine is None:
+            continue
+        if cb.state_key in states:
+            raise ValueError(f"two callbacks keep state under {cb.state_key!r}: give one of "
+                             "them its own state_key")
+        states[cb.state_key] = mine
+    return states
 
 
 class EarlyStopping(Callback):

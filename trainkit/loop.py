@@ -156,7 +156,13 @@ class FitState:
 
 class Callback:
     """No-op defaults; a callback overrides the events it cares about. One that keeps state
-    across epochs returns it from `state_dict` so that checkpoints carry it into a resumed run."""
+    across epochs returns it from `state_dict` so that checkpoints carry it into a resumed run,
+    under its `state_key` (its class name unless it says otherwise: two callbacks of one class
+    that both keep state need keys of their own)."""
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
 
     def on_fit_start(self, state: FitState) -> None: ...
     def on_epoch_start(self, state: FitState) -> None: ...
@@ -629,9 +635,9 @@ def fit(
 
 
 def restore_callbacks(callbacks: Sequence[Callback], saved: dict, state: FitState) -> None:
-    """Each callback's state from a checkpoint (keyed by class name), before the fit starts."""
+    """Each callback's state from a checkpoint (by its state_key), before the fit starts."""
     for cb in callbacks:
-        if (mine := saved.get(type(cb).__name__)) is None:
+        if (mine := saved.get(cb.state_key)) is None:
             continue
         try:
             cb.load_state_dict(mine, state)
