@@ -95,6 +95,7 @@ def more_bad_inputs(cwd: Path, fmnist_slice: Path) -> list[tuple[list[str], str]
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_each_bad_input_gets_one_line_an_exit_code_and_damages_nothing(
     workdir: Path, fmnist_slice: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

@@ -29,6 +29,7 @@ def trainkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_folder_and_prints_one_line_per_epoch(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -59,6 +60,7 @@ def test_a_run_writes_its_folder_and_prints_one_line_per_epoch(
     assert "completed 2 epochs in " in result.stdout
 
 
+@pytest.mark.slow
 def test_sweep_jobs_are_named_by_their_overrides(fmnist_slice: Path, tmp_path: Path) -> None:
     # Not lr=0.1: Adam diverges at it (test_untrusted.py)
     args = ["-m", "optimizer=sgd,adam", "lr=0.01,0.001", *small_overrides(fmnist_slice)]
@@ -154,6 +156,7 @@ def test_bad_input_is_named_with_the_fix(args: list[str], message: str) -> None:
 @pytest.mark.parametrize(
     "args", [["foo=1"], ["lr=-1", "batch_size=0"], ["optimizer=lbfgs"], ["-m", "lr=abc,0.1"]]
 )
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_per_problem_and_no_run(
     args: list[str], tmp_path: Path
 ) -> None:
@@ -167,6 +170,7 @@ def test_bad_input_exits_2_with_one_line_per_problem_and_no_run(
     assert not (tmp_path / "outputs").exists()  # nothing started, nothing written
 
 
+@pytest.mark.slow
 def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
     result = trainkit(f"data.root={tmp_path}", "data.download=false", cwd=tmp_path)
     assert result.returncode == 2
@@ -178,6 +182,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.slow
 def test_cuda_without_a_gpu_says_what_to_use(tmp_path: Path) -> None:
     result = trainkit("device=cuda", cwd=tmp_path)
     assert result.returncode == 2
@@ -186,6 +191,7 @@ def test_cuda_without_a_gpu_says_what_to_use(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_hydras_help_lists_the_groups_and_their_options(tmp_path: Path) -> None:
     result = trainkit("--help", "--verbose", cwd=tmp_path)  # plain --help: test_help.py
     assert result.returncode == 0

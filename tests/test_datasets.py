@@ -29,6 +29,7 @@ def folder_cfg(root: Path, **kw: object) -> object:
     })  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_image_folder_trains_with_its_folder_names_as_classes(tmp_path: Path) -> None:
     write_pngs(tmp_path / "pics", per_class=20)
     args = ["data=image_folder", f"data.root={tmp_path / 'pics'}", "data.val_size=6",
@@ -69,6 +70,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name", ["MNIST", "KMNIST"])
+@pytest.mark.slow
 def test_torchvision_digit_sets_train_from_their_raw_files(name: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     raw = tmp_path / "root" / name / "raw"  # where torchvision puts them

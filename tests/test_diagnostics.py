@@ -173,6 +173,7 @@ def test_lr_10_with_sgd_stops_on_nan_with_a_loadable_checkpoint(
     assert '"verdict": "diverged"' in summary
 
 
+@pytest.mark.slow
 def test_tiny_training_set_and_big_model_is_overfit(fmnist_slice: Path, tmp_path: Path) -> None:
     overrides = [*small_overrides(fmnist_slice), "diagnostics.advice=true", "data.train_size=100",
                  "model.hidden=[512,512]", "epochs=30", "batch_size=25"]  # fmt: skip

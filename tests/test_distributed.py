@@ -52,6 +52,7 @@ def ddp_run(fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {"work": work, "run_dir": work / "outputs/run", "ranks": ranks, "stdout": done.stdout}
 
 
+@pytest.mark.slow
 def test_ranks_train_on_disjoint_shards_that_cover_each_epoch_once(ddp_run: dict) -> None:
     steps = [rank["steps"] for rank in ddp_run["ranks"]]
     assert len(steps[0]) == len(steps[1]) == 20  # 2 epochs x 10 global batches
@@ -104,6 +105,7 @@ def test_only_rank_zero_writes_files_and_prints(ddp_run: dict) -> None:
     assert summary["distributed"] == {"world_size": 2, "backend": "gloo"}
 
 
+@pytest.mark.slow
 def test_a_stopped_ddp_run_resumes_to_the_same_numbers(
     ddp_run: dict, fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -127,6 +129,7 @@ def test_a_stopped_ddp_run_resumes_to_the_same_numbers(
     assert steps == [int(row["step"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_accuracy_of_one_with_the_same_global_batch(
     tmp_path: Path,
 ) -> None:

@@ -71,6 +71,7 @@ def trainkit(*args: str, cwd: Path, signal_at: str | None = None) -> subprocess.
                           timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_users_model_trains_resumes_and_evaluates_from_their_config_dir(
     user: Path, fmnist_slice: Path
 ) -> None:
@@ -101,6 +102,7 @@ def test_a_users_model_trains_resumes_and_evaluates_from_their_config_dir(
     assert json.loads(result.read_text())["samples"] == 400
 
 
+@pytest.mark.slow
 def test_a_schedule_is_one_yaml_file(user: Path, fmnist_slice: Path) -> None:
     """torch's StepLR, named by a YAML in the user's config dir: nothing else to add."""
     (user / "conf" / "scheduler").mkdir()
@@ -137,6 +139,7 @@ def test_a_schedule_is_one_yaml_file(user: Path, fmnist_slice: Path) -> None:
          "importable"),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_class_of_the_wrong_kind_gets_one_line(
     override: str, message: str, user: Path, fmnist_slice: Path
 ) -> None:

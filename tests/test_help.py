@@ -91,6 +91,7 @@ def test_main_help_is_one_screen_with_every_command_group_and_alias(tmp_path: Pa
     assert "--cfg job" in result.stdout and "--help --verbose" in result.stdout
 
 
+@pytest.mark.slow
 def test_help_verbose_is_hydras_with_every_key(tmp_path: Path) -> None:
     result = trainkit("--help", "--verbose", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -136,6 +137,7 @@ def complete(line: str, tmp_path: Path, shell: str = "bash") -> list[str]:
     return result.stdout.split()
 
 
+@pytest.mark.slow
 def test_completion_offers_commands_and_aliases_not_internals(tmp_path: Path) -> None:
     words = complete("trainkit ", tmp_path)
     assert {f"{alias}=" for alias in ALIASES} <= set(words)
@@ -153,6 +155,7 @@ def test_completion_offers_commands_and_aliases_not_internals(tmp_path: Path) ->
     ]
 
 
+@pytest.mark.slow
 def test_completion_of_commands_arguments(tmp_path: Path) -> None:
     (tmp_path / "outputs" / "run").mkdir(parents=True)
     assert "ckpt=" in complete("trainkit evaluate ", tmp_path)
@@ -228,6 +231,7 @@ def test_home_is_expanded_in_path_values(monkeypatch: pytest.MonkeyPatch) -> Non
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_home_in_a_path_reaches_the_run(tmp_path: Path) -> None:
     """bash leaves `~` after `data.root=` as it is: trainkit looks in $HOME/data, and says so."""
     home = tmp_path / "home"

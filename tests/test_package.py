@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .conftest import small_overrides
@@ -22,6 +23,7 @@ def run(*args: str | Path, cwd: Path, **kw: object) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=300, **kw)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_and_trains_from_another_folder(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def test_each_speed_preset_trains_with_its_own_augmentation_and_test_time_views(
 
 
 @pytest.mark.parametrize("preset", ["fmnist_speedrun", "fmnist_speedrun_90s"])
+@pytest.mark.slow
 def test_each_speed_preset_runs_from_start_to_test_score(
     preset: str, fmnist_slice: Path, tmp_path: Path
 ) -> None:

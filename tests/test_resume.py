@@ -100,6 +100,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
 
 
 @pytest.mark.parametrize("step", [5, 15])  # mid-epoch 1 (only last.pt of epoch 0), mid-epoch 2
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(
     step: int, fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:
@@ -118,6 +119,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(
 
 
 @pytest.mark.parametrize("sig, code", [("INT", 130), ("TERM", 143)])
+@pytest.mark.slow
 def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
     sig: str, code: int, fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:
@@ -143,6 +145,7 @@ def test_a_signal_saves_the_step_flushes_the_logs_and_says_how_to_go_on(
 
 
 @pytest.mark.parametrize("saved_layout", ["row-major", "before the option"])
+@pytest.mark.slow
 def test_a_run_resumed_in_another_weight_layout_matches_its_optimizer_state(
     saved_layout: str, fmnist_slice: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:
@@ -178,6 +181,7 @@ def test_a_run_resumed_in_another_weight_layout_matches_its_optimizer_state(
         torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_quits_at_once(fmnist_slice: Path, tmp_path: Path) -> None:
     result = run_with_signal("INT2", 15, run_args(fmnist_slice), tmp_path)
     assert result.returncode == 130
@@ -190,6 +194,7 @@ def test_a_second_ctrl_c_quits_at_once(fmnist_slice: Path, tmp_path: Path) -> No
     assert (saved["epoch"], saved["fit"]["progress"]) == (1, None)  # epoch 1's, untouched
 
 
+@pytest.mark.slow
 def test_a_signal_stops_a_sweep_reports_its_jobs_and_the_stopped_job_resumes(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:

@@ -66,6 +66,7 @@ def test_fp16_scales_the_loss_and_its_scaler_is_checkpointed(
     assert summary.best["val_acc"] > 0.3  # it learned (chance: 0.1)
 
 
+@pytest.mark.slow
 def test_compiled_training_computes_what_eager_training_does(
     fmnist_slice: Path, fp32_run: Path, tmp_path: Path
 ) -> None:

@@ -76,6 +76,7 @@ def test_identical_units_is_exact_whatever_the_rounding() -> None:
     assert studies.identical_units(w) == 127
 
 
+@pytest.mark.slow
 def test_constant_init_never_breaks_symmetry(study) -> None:  # noqa: ANN001
     """Planted bug: the cdist tolerance check (0/128 on Intel) fails `== [128, 128]`."""
     r = study("symmetry", seeds=2)
@@ -97,6 +98,7 @@ def test_spread_rule_needs_the_difference_to_exceed_twice_the_larger_std() -> No
     )
 
 
+@pytest.mark.slow
 def test_small_init_vanishes_and_large_init_explodes_gradients(study) -> None:  # noqa: ANN001
     """Planted bug: init.scale ignored (normal = he_normal) puts small near 0, not < -3."""
     r = study("init_scale", "epochs=1")
@@ -118,6 +120,7 @@ def test_sigmoid_gradients_vanish_with_depth_and_relu_ones_do_not(study) -> None
     )
 
 
+@pytest.mark.slow
 def test_xavier_vs_he_measures_training_loss_and_gradient_flow_in_20_layers(study) -> None:  # noqa: ANN001
     """Planted bug: the init override ignored makes relu+xavier's gradient flow equal relu+he's."""
     r = study("xavier_vs_he", "epochs=2")
@@ -144,6 +147,7 @@ def test_residual_study_measures_each_twins_last_epoch(study) -> None:  # noqa: 
     ]
 
 
+@pytest.mark.slow
 def test_too_low_lr_is_slow_too_high_diverges_and_the_range_test_finds_one(study) -> None:  # noqa: ANN001
     r = study("learning_rate")
     acc = {g: values(r, g, "val_acc")[0] for g in r["stats"]}
@@ -152,6 +156,7 @@ def test_too_low_lr_is_slow_too_high_diverges_and_the_range_test_finds_one(study
     assert -3 < values(r, "suggested", "log10_lr")[0] < 0.5 and acc["suggested"] > acc["lr=0.001"]
 
 
+@pytest.mark.slow
 def test_momentum_and_adaptive_optimizers_converge_faster(study) -> None:  # noqa: ANN001
     r = study("momentum")
     assert values(r, "momentum_0.9", "train_loss")[0] < values(r, "sgd", "train_loss")[0] - 0.2
@@ -160,11 +165,13 @@ def test_momentum_and_adaptive_optimizers_converge_faster(study) -> None:  # noq
     assert max(values(r, g, "train_loss")[0] for g in ("adam_lr1e-3", "rmsprop_lr1e-3")) < sgd - 0.2
 
 
+@pytest.mark.slow
 def test_dropout_narrows_the_train_val_gap(study) -> None:  # noqa: ANN001
     r = study("dropout", "epochs=10")
     assert values(r, "dropout_0.5", "gap")[0] < values(r, "dropout_0", "gap")[0]
 
 
+@pytest.mark.slow
 def test_proximal_l1_zeroes_weights_exactly_and_subgradient_l1_does_not(study) -> None:  # noqa: ANN001
     """Planted bug: the proximal step left out of loop.py (or l1_mode ignored) gives 0 zeros."""
     r = study("l1_vs_l2", "batch_size=10", "lr=0.3", seeds=2)  # 90 steps: 0.0135 shrinkage
@@ -175,11 +182,13 @@ def test_proximal_l1_zeroes_weights_exactly_and_subgradient_l1_does_not(study) -
     assert verdicts(r)["subgradient L1 zeroes weights (vs L2)"] == "not supported"
 
 
+@pytest.mark.slow
 def test_augmentation_narrows_the_train_val_gap(study) -> None:  # noqa: ANN001
     r = study("augmentation")
     assert values(r, "standard", "gap")[0] < values(r, "none", "gap")[0]
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_before_the_end_and_keeps_the_best_epoch(study) -> None:  # noqa: ANN001
     r = study("early_stopping")
     assert (
@@ -194,6 +203,7 @@ def test_early_stopping_stops_before_the_end_and_keeps_the_best_epoch(study) -> 
     assert values(r, "early_stopping", "kept_epoch")[0] >= 1
 
 
+@pytest.mark.slow
 def test_batch_norm_study_finds_the_highest_lr_that_trains(study) -> None:  # noqa: ANN001
     """The highest lr whose last train loss is under TRAINED, and the spread of those losses,
     recomputed from each lr's metrics.csv (a diverged run, no finite loss, counts as chance).
@@ -215,6 +225,7 @@ def test_batch_norm_study_finds_the_highest_lr_that_trains(study) -> None:  # no
         assert values(r, bn, "train_loss_epoch1_lr0.03") == [first]
 
 
+@pytest.mark.slow
 def test_learning_curves_give_every_size_the_same_steps(study) -> None:  # noqa: ANN001
     """Planted bug: fixed epochs (no equal_steps plan) gives 2 steps at 10 samples, 4 at 150."""
     r = study("learning_curves", "epochs=2")

@@ -59,6 +59,7 @@ def seed_sweep(
     return run_sweep(args, tmp_path_factory.mktemp("seed_sweep"))
 
 
+@pytest.mark.slow
 def test_a_sweep_is_ranked_and_its_seeds_aggregated(
     seed_sweep: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
@@ -206,6 +207,7 @@ def test_tensorboard_serves_the_hparams_and_scalars_of_every_job(
         server.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_recorded_as_they_happen_and_the_others_finish(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -235,6 +237,7 @@ def test_failed_jobs_are_recorded_as_they_happen_and_the_others_finish(
     assert out.count("failed: ") >= 2 and out.index("failed: lr=10000.0") > out.index("sweep:")
 
 
+@pytest.mark.slow
 def test_bad_data_refuses_the_sweep_before_any_job(fmnist_slice: Path, tmp_path: Path) -> None:
     small = [o for o in small_overrides(fmnist_slice) if not o.startswith("data.val_size=")]
     result = trainkit("-m", "lr=0.1,0.01", "data.val_size=200,5000", *small, cwd=tmp_path)
@@ -245,6 +248,7 @@ def test_bad_data_refuses_the_sweep_before_any_job(fmnist_slice: Path, tmp_path:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_an_optuna_study_in_sqlite_is_joined_by_a_second_invocation(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -284,6 +288,7 @@ def test_launchers_running_jobs_side_by_side_divide_the_cores(
     assert runtime.threads_per_job(OmegaConf.create(launcher)) == threads
 
 
+@pytest.mark.slow
 def test_optuna_searches_the_lr_on_a_log_scale(fmnist_slice: Path, tmp_path: Path) -> None:
     """Acceptance 4: six Optuna trials; each job returns the metric the study maximizes."""
     args = ["hydra/sweeper=lr_search", "hydra.sweeper.n_trials=6", *small_overrides(fmnist_slice)]
@@ -298,6 +303,7 @@ def test_optuna_searches_the_lr_on_a_log_scale(fmnist_slice: Path, tmp_path: Pat
     assert study.best_params["optimizer.lr"] == pytest.approx(float(rows[0]["lr"]))
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_side_by_side_with_the_cores_divided(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -314,6 +320,7 @@ def test_joblib_runs_jobs_side_by_side_with_the_cores_divided(
         assert summary["threads"] == max(1, available_cores() // 2)
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_two_job_sweep(fmnist_slice: Path, tmp_path: Path) -> None:
     args = ["hydra/launcher=submitit_local", "seed=0,1", *small_overrides(fmnist_slice)]
     result, sweep_dir = run_sweep(args, tmp_path)
@@ -324,6 +331,7 @@ def test_submitit_local_executor_runs_a_two_job_sweep(fmnist_slice: Path, tmp_pa
     assert (sweep_dir / ".submitit").is_dir()  # submitit's own job records
 
 
+@pytest.mark.slow
 def test_compare_reports_a_sweep_again_and_by_another_metric(
     seed_sweep: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ def slice_data(root: Path) -> list[str]:
     return [f"data.root={root}", "data.val_size=200", "data.download=false"]
 
 
+@pytest.mark.slow
 def test_lr_find_on_the_default_cnn_suggests_an_lr_that_trains_well(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -122,6 +123,7 @@ def test_pictures_do_not_change_the_training(fmnist_slice: Path, tmp_path: Path)
     assert with_pictures.final["val_loss"] == without.final["val_loss"]
 
 
+@pytest.mark.slow
 def test_subcommands_run_from_the_command_line(fmnist_slice: Path, tmp_path: Path) -> None:
     args = ["init-report", "model=mlp", "model.hidden=[32,32]", "schemes=he_normal,default",
             *slice_data(fmnist_slice)]  # fmt: skip
@@ -140,6 +142,7 @@ def test_subcommands_run_from_the_command_line(fmnist_slice: Path, tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 def test_init_report_predictions_hold_for_strided_convolutions(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -212,6 +215,7 @@ def test_evaluate_gives_exactly_the_runs_own_test_score(
     assert saved["acc"] == summary.test["acc"] and saved["checkpoint"].endswith("last.pt")
 
 
+@pytest.mark.slow
 def test_evaluate_from_the_command_line_says_what_is_wrong(tmp_path: Path) -> None:
     result = trainkit("evaluate", f"ckpt={tmp_path}/nothing.pt", cwd=tmp_path)
     assert result.returncode == 2

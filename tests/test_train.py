@@ -28,6 +28,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+@pytest.mark.slow
 def test_every_option_trains_two_steps(
     group: str, option: str, fmnist_slice: Path, cifar_root: Path, image_folder_root: Path,
     tmp_path: Path,

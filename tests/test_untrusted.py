@@ -115,6 +115,7 @@ WHERE = ["model.hidden", "optimizer.betas[0]", "data.root", "model._target_", "e
 
 
 @pytest.mark.parametrize("payload", ["exec_with_source", "torch_load"])
+@pytest.mark.slow
 def test_a_doctored_checkpoint_runs_no_code_in_evaluate_resume_or_transfer(
     payload: str, finished: Path, fmnist_slice: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -174,6 +175,7 @@ def test_a_group_named_the_old_way_is_never_taken_as_code(
      ("tensor", "its config value model.hidden is a Tensor"),
      ("unhashable", "its config's model._target_ is not a name")],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_checkpoint_config_of_the_wrong_shape_gets_one_line(
     config: object, why: str, finished: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -251,6 +253,7 @@ def test_overwrite_true_replaces_the_earlier_run_whole(
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_into_one_folder_leave_one_whole_run(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -308,6 +311,7 @@ def test_a_folder_name_hydra_reads_otherwise_is_pinned_exactly(tmp_path: Path) -
         run_dirs.hydra_value(tmp_path / "${oc.env:HOME}")
 
 
+@pytest.mark.slow
 def test_a_sweep_over_a_key_left_out_of_folder_names_keeps_every_job(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -338,6 +342,7 @@ def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(
     assert "hydra.sweep.dir=<folder>" in lines[0] and fingerprint(old) == before
 
 
+@pytest.mark.slow
 def test_a_diverged_job_fails_the_sweep_and_is_told_to_lower_the_lr(
     fmnist_slice: Path, tmp_path: Path
 ) -> None:
@@ -478,6 +483,7 @@ def test_unusable_paths_and_numbers_get_one_line(
     assert len(lines[0]) < 400  # a 100,000-character path is not echoed whole
 
 
+@pytest.mark.slow
 def test_compare_reports_a_sweep_with_a_damaged_summary_and_names_it(
     fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -88,6 +88,7 @@ def hydra_context() -> object:
 
 
 @pytest.mark.parametrize("base", BASES)
+@pytest.mark.slow
 def test_each_suggestion_composes_after_the_run_validates_builds_and_changes_something(
     base: str, hydra_context: object
 ) -> None:
