@@ -73,3 +73,22 @@ def test_counts_stay_integers_and_sizes_must_be_numbers() -> None:
     assert "val_size: 5000\n" in OmegaConf.to_yaml(default.data)
     errors = validate(compose_config(["data.train_size=abc"]))
     assert errors == ["data.train_size must be a count (> 1), a fraction (<= 1), or null for all"]
+
+
+def test_a_fit_stopped_mid_epoch_leaves_no_bar_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal or a NaN ends the fit inside an epoch: on_fit_end takes the live bar down, so
+    the lines printed after it (saved ..., how to go on) are the last on screen. Planted bug:
+    without on_fit_end the bar stays live and redraws after them."""
+    from trainkit.loop import INTERRUPTED, Outcome
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console, "console", Console(file=screen, force_terminal=True, width=160))
+    printer = console.ProgressPrinter(batch_size=100)
+    state = FitState(epochs=3, steps_per_epoch=8, epoch=1)
+    printer.on_epoch_start(state)
+    state.step = 3
+    printer.on_step_end(state)
+    live = printer.progress
+    assert live is not None and live.live.is_started
+    printer.on_fit_end(state, Outcome(INTERRUPTED, state, "interrupted by SIGINT"))
+    assert printer.progress is None and not live.live.is_started

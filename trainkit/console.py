@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from trainkit.loop import Callback, FitState
+from trainkit.loop import Callback, FitState, Outcome
 from trainkit.precision import latest as latest_precision
 
 if TYPE_CHECKING:
@@ -201,12 +201,19 @@ class ProgressPrinter(Callback):
             self.progress.update(self.task, advance=1)
 
     def on_epoch_end(self, state: FitState, metrics: dict) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        self.stop_bar()
         line = epoch_line(metrics, state.epochs)
         console.print(line, highlight=False, soft_wrap=True)
         log.info(line)
+
+
+    def on_fit_end(self, state: FitState, outcome: Outcome) -> None:
+        self.stop_bar()  # a fit stopped mid-epoch (a signal, a NaN): no bar left on screen
+
+    def stop_bar(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 def print_summary(summary: Summary) -> None:
