@@ -37,7 +37,6 @@ import gzip
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -330,15 +329,12 @@ def has_bf16_path() -> bool:
 def cpu_line() -> str:
     """e.g. "AMD EPYC (family 25 model 1; avx2 fma; no avx512f avx512_bf16 ...), torch 2.14.1":
     the model name alone does not tell Zen 3 from Zen 4 ("AMD EPYC" on both)."""
-    from trainkit.runtime import cpu_info
+    from trainkit.runtime import cpu_flags, cpu_name
 
-    info = cpu_info()
-    flags = set(info.get("flags", "").split())
+    flags = cpu_flags()
     has = " ".join(f for f in NAMED_FLAGS if f in flags) or "none of them"
     lacks = " ".join(f for f in NAMED_FLAGS if f not in flags)
-    name = info.get("model name") or platform.processor() or platform.machine()
-    return (f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}; "
-            f"{has}{'; no ' + lacks if lacks else ''}), torch {torch.__version__}")  # fmt: skip
+    return f"{cpu_name(has + ('; no ' + lacks if lacks else ''))}, torch {torch.__version__}"
 
 
 def main() -> None:

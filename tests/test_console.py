@@ -90,5 +90,5 @@ def test_a_fit_stopped_mid_epoch_leaves_no_bar_behind(monkeypatch: pytest.Monkey
     printer.on_step_end(state)
     live = printer.progress
     assert live is not None and live.live.is_started
-    printer.on_fit_end(state, Outcome(INTERRUPTED, state, "interrupted by SIGINT"))
+    printer.on_fit_end(state, Outcome(INTERRUPTED, state))
     assert printer.progress is None and not live.live.is_started

@@ -241,13 +241,17 @@ class EarlyStopping(Callback):
 
     def __init__(self, cfg: Any, model: nn.Module) -> None:
         self.cfg = cfg
-        self.mode = cfg.mode or metric(cfg.monitor).mode
-        self.metric = Metric(cfg.monitor, higher_is_better=self.mode == "max")
+        mode = cfg.mode or metric(cfg.monitor).mode
+        self.metric = Metric(cfg.monitor, higher_is_better=mode == "max")
         self.model = model
         self.best = math.nan
         self.best_epoch = 0
         self.best_weights: dict | None = None
         self.bad_epochs = 0
+
+    @property
+    def mode(self) -> str:
+        return self.metric.mode
 
     def improved(self, value: float) -> bool:
         return self.metric.better(value, self.best, by=self.cfg.min_delta)

@@ -422,8 +422,12 @@ def study(args: list[str]) -> int:
         if not args:
             print("trainkit study: error: name a study (above), or all", file=sys.stderr)
         return 0 if args else 2
-    # seeds=N is the study's own (studies.split_seeds checks it); the rest are overrides
-    errors = preflight([a for a in args[1:] if not a.startswith("seeds=")], multirun=False)
+    try:
+        _, overrides = studies.split_seeds(args[1:])  # seeds=N is the study's own
+    except UserError as e:
+        report("trainkit study", e)
+        return 2
+    errors = preflight(overrides, multirun=False)
     for line in errors:
         print(f"trainkit study: error: {line}", file=sys.stderr)
     if errors:

@@ -116,9 +116,7 @@ def dry_build(cfg: DictConfig) -> None:
         with warnings.catch_warnings():  # loading into meta tensors is a no-op, and says so
             warnings.simplefilter("ignore")
             transfer.apply(model, cfg.model, user_targets(cfg))
-        optimizer = build_optimizer(cfg.optimizer, model)
-        build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
-    build_fill(cfg.init)  # the initializer resolves (it runs on real weights only)
+    build_rest(cfg, model)  # the model's parameters are still meta tensors
     # The forward pass runs on uninitialized CPU memory (no initializers run, no weights load),
     # not on meta tensors: meta batch norm goes through torch's Python decompositions, whose
     # import is slow enough to weigh on every start-up.
@@ -128,6 +126,14 @@ def dry_build(cfg: DictConfig) -> None:
             model(torch.zeros(2, *spec.input_shape))
     except RuntimeError as e:
         raise UserError(f"model cannot run on {cfg.data.name} images: {first_line(e)}") from None
+
+
+def build_rest(cfg: DictConfig, model: nn.Module) -> None:
+    """Optimizer and schedule for `model`, the initializer (resolved, not run) and the loss:
+    what a dry build checks besides the model."""
+    optimizer = build_optimizer(cfg.optimizer, model)
+    build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
+    build_fill(cfg.init)
     build_loss(cfg.loss)
 
 
@@ -137,11 +143,8 @@ def check_builds(cfg: DictConfig, model_changed: bool) -> None:
     one-weight stand-in model. What the verdict's advice is checked with (verdict.Builds)."""
     if model_changed:
         dry_build(cfg)
-        return
-    optimizer = build_optimizer(cfg.optimizer, nn.Linear(1, 1))
-    build_scheduler(cfg.scheduler, optimizer, 10, cfg.trainer.epochs)
-    build_fill(cfg.init)
-    build_loss(cfg.loss)
+    else:
+        build_rest(cfg, nn.Linear(1, 1))
 
 
 def summarize(

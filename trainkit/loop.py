@@ -264,10 +264,9 @@ class StepSpec:
     epoch into plain values (the step runs thousands of times; a config lookup is a dict walk
     with type checks)."""
 
-    l1: float  # the L1 penalty's weight in the loss (0 when proximal: applied after the step)
+    l1: float  # regularization.l1: a penalty in the loss, or with `proximal` a shrink after
     l2: float
     proximal: list[tuple[dict, list[nn.Parameter]]] | None  # proximal L1: groups to shrink
-    l1_weight: float  # regularization.l1, whichever way it acts
     clip_norm: float | None
     clip_value: float | None
     step_scheduler: LRScheduler | None  # a per-step schedule; per-epoch ones step in fit
@@ -278,8 +277,8 @@ class StepSpec:
         reg = t.reg
         proximal = proximal_groups(t) if reg.l1 > 0 and reg.l1_mode == "proximal" else None
         return cls(
-            l1=reg.l1 if proximal is None else 0.0, l2=reg.l2, proximal=proximal,
-            l1_weight=reg.l1, clip_norm=reg.clip_grad_norm, clip_value=reg.clip_grad_value,
+            l1=reg.l1, l2=reg.l2, proximal=proximal,
+            clip_norm=reg.clip_grad_norm, clip_value=reg.clip_grad_value,
             step_scheduler=t.scheduler if t.scheduler_interval == "step" else None,  # type: ignore[arg-type]
             log_every=t.trainer.log_every_n_steps,
         )
@@ -296,7 +295,7 @@ def train_step(
         logits = t.forward(t.normalize(x))
         data_loss = t.loss_fn(logits, labels)
     loss = data_loss
-    if spec.l1 > 0:
+    if spec.l1 > 0 and spec.proximal is None:
         l1_loss = spec.l1 * sum(w.abs().sum() for w in t.penalized)
         loss = loss + l1_loss
         sums["l1"] += l1_loss.detach()
@@ -306,15 +305,15 @@ def train_step(
         sums["l2"] += l2_loss.detach()
     for param in t.trainable:  # zero_grad(set_to_none=True), without its profiler record
         param.grad = None
-    backward(t, spec, loss, sums)
+    backward_and_step(t, spec, loss, sums)
     if spec.proximal is not None:  # logged as loss/l1 like the penalty: l1 * sum|w| after it
-        sums["l1"] += soft_threshold(spec.proximal, spec.l1_weight)
+        sums["l1"] += soft_threshold(spec.proximal, spec.l1)
     if spec.step_scheduler is not None:
         spec.step_scheduler.step()
     return data_loss, loss, logits
 
 
-def backward(t: Training, spec: StepSpec, loss: torch.Tensor, sums: dict) -> None:
+def backward_and_step(t: Training, spec: StepSpec, loss: torch.Tensor, sums: dict) -> None:
     """Gradients of `loss`, clipped as asked, then the optimizer step. With fp16's loss scaling
     the gradients are unscaled before clipping, and a step whose gradients overflowed is
     skipped (the scaler's)."""
@@ -592,11 +591,14 @@ DIVERGED, INTERRUPTED = "diverged", "interrupted"
 @dataclass
 class Outcome:
     """How a fit ended: `kind` (COMPLETED, EARLY_STOPPED: a callback asked, DIVERGED,
-    INTERRUPTED: a signal), the fit's state, and one line saying why."""
+    INTERRUPTED: a signal) and the fit's state, whose stop_reason says why in one line."""
 
     kind: str
     state: FitState
-    reason: str
+
+    @property
+    def reason(self) -> str:
+        return self.state.stop_reason or ""
 
     @property
     def status(self) -> str:
@@ -628,7 +630,7 @@ def fit(
         outcome = ended(state)
     except Diverged as e:
         state.stop_reason = str(e)
-        outcome = Outcome(DIVERGED, state, str(e))
+        outcome = Outcome(DIVERGED, state)
     for cb in callbacks:
         cb.on_fit_end(state, outcome)
     return outcome
@@ -650,11 +652,14 @@ def ended(state: FitState) -> Outcome:
     if state.interrupted:
         name = signal.Signals(state.interrupted).name
         state.stop_reason = f"interrupted by {name} at epoch {state.epoch}, step {state.step}"
-        return Outcome(INTERRUPTED, state, state.stop_reason)
-    if state.stop_reason is None:
-        n = len(state.history)
-        state.stop_reason = f"completed {n:,} epoch{'' if n == 1 else 's'}"
-    return Outcome(EARLY_STOPPED if state.stop else COMPLETED, state, state.stop_reason)
+        return Outcome(INTERRUPTED, state)
+    state.stop_reason = state.stop_reason or completed(state)
+    return Outcome(EARLY_STOPPED if state.stop else COMPLETED, state)
+
+
+def completed(state: FitState) -> str:
+    n = len(state.history)
+    return f"completed {n:,} epoch{'' if n == 1 else 's'}"
 
 
 def run_epochs(t: Training, data: Data, callbacks: Sequence[Callback], state: FitState) -> None:
@@ -687,7 +692,7 @@ def restore_if_asked(model: nn.Module, state: FitState) -> None:
     epoch, weights = state.restore
     model.load_state_dict(weights)
     state.restore = None
-    reason = state.stop_reason or f"completed {state.epochs} epochs"
+    reason = state.stop_reason or completed(state)
     state.stop_reason = f"{reason}; restored the weights of epoch {epoch}"
 
 

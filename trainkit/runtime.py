@@ -148,14 +148,14 @@ def cpu_info() -> dict[str, str]:
     return info
 
 
-def cpu_name() -> str:
-    """The CPU's model name with its family and model: lscpu names Zen 3 and Zen 4 both
-    "AMD EPYC", and speed figures are only comparable within one of them."""
+def cpu_name(details: str = "") -> str:
+    """The CPU's model name with its family and model (and `details`, e.g. its flags): lscpu
+    names Zen 3 and Zen 4 both "AMD EPYC", and speed figures compare only within one."""
     info = cpu_info()
-    if not info:
-        return platform.processor() or platform.machine()
-    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
-            f"{info.get('model', '?')})")
+    name = info.get("model name") or platform.processor() or platform.machine()
+    more = f"; {details}" if details else ""
+    return (f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+            f"{more})")
 
 
 def cpu_flags() -> set[str]:

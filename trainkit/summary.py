@@ -47,6 +47,11 @@ class Summary:
         return out
 
     @classmethod
+    def unreadable(cls, run_dir: Path, reason: str) -> Summary:
+        """What a run folder that cannot be read says: it failed, and why."""
+        return cls(str(run_dir), FAILED, reason, reason=reason, damaged=True)
+
+    @classmethod
     def from_dict(cls, values: dict) -> Summary:
         """From summary.json's object; keys this version does not know are left out."""
         known = {f.name for f in dataclasses.fields(cls)} - {"damaged"}
@@ -74,8 +79,9 @@ def read(path: Path) -> Summary | None:
             raise ValueError("not a JSON object")
         return Summary.from_dict(values)
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-        reason = f"{path} is damaged ({type(e).__name__}: {first_line(e)[:80]})"
-        return Summary(str(path.parent), FAILED, reason, reason=reason, damaged=True)
+        return Summary.unreadable(
+            path.parent, f"{path} is damaged ({type(e).__name__}: {first_line(e)[:80]})"
+        )
 
 
 def mark_failed(run_dir: Path, reason: str) -> str:

@@ -133,7 +133,7 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
         overrides, num, damage = read_hydra_files(hydra_dir)
         summary = read_summary(hydra_dir.parent / "summary.json")
         if damage:
-            summary = Summary(str(hydra_dir.parent), FAILED, damage, reason=damage, damaged=True)
+            summary = Summary.unreadable(hydra_dir.parent, damage)
         jobs.append(Job(num, hydra_dir.parent, overrides, summary))
     return sorted(jobs, key=lambda job: job.num)
 
