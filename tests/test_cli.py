@@ -142,6 +142,10 @@ BAD_INPUTS = [
     (["device=tpu"], "device=tpu: choose auto, cpu, cuda or cuda:N"),
     (["lr=0.1,0.01"], "lr=0.1,0.01 lists several values: add -m to sweep them"),
     (["-m", "lr=0.1,-1"], "lr=-1.0: the learning rate must be > 0"),
+    (  # was Hydra's "Could not override 'hydra.sweeper.direction'.", saying no fix
+        ["-m", "lr=0.1,0.01", "hydra.sweeper.direction=minimize"],
+        "hydra.sweeper.direction: no such key in hydra/sweeper=basic; its keys are",
+    ),
 ]
 
 

@@ -530,6 +530,8 @@ def check_hydra_settings(overrides: list[str], multirun: bool) -> list[str]:
         WITH_HYDRA[tuple(overrides)] = cfg
     except MissingConfigException as e:  # hydra/launcher=..., hydra/sweeper=...
         return [unknown_option_message(e)]
+    except ConfigCompositionException as e:  # a key the chosen sweeper or launcher lacks
+        return [composition_message(e, overrides)]
     except Exception as e:
         return [first_line(e)]
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -742,7 +744,8 @@ def unknown_key_message(key: str, overrides: list[str]) -> str:
         close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.75)
         if close:
             return f"{key}: no such key; did you mean {parent}.{close[0]}?"
-        where = f"{parent}={choices[parent]}" if parent in choices else parent
+        group = parent.replace(".", "/")  # hydra.sweeper: the group hydra/sweeper
+        where = f"{group}={choices[group]}" if group in choices else parent
         return f"{key}: no such key in {where}; its keys are {', '.join(keys)}"
     groups = [g for g in choices if not g.startswith(("hydra", "schema"))]
     keys = [k for k in leaf_keys(cfg) if not k.startswith("hydra.")]
