@@ -68,6 +68,9 @@ def test_trainer_aliases_win_over_presets() -> None:
         ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
         ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
         ("augment.tta_shift=-1", "augment.tta_shift is a number of pixels: >= 0"),
+        ("augment.erase=1.5", "augment.erase is a probability: 0..1"),
+        ("augment.erase_area=[0.3,0.1]", "augment.erase_area is a range [low, high]"),
+        ("augment.erase_area=[0.1,2]", "augment.erase_area is a range [low, high]"),
     ],
 )
 def test_validate_names_the_key_and_the_fix(override: str, message: str | None) -> None:

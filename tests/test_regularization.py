@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainkit.augment import Augment, random_translate
+from trainkit.augment import Augment, random_erase, random_translate
 from trainkit.callbacks import EarlyStopping
 from trainkit.data import Normalizer, Split
 from trainkit.loop import FitState, Training, restore_if_asked, train_epoch
@@ -146,6 +146,41 @@ def test_translate_keeps_the_image_within_its_frame() -> None:
     assert out.shape == x.shape
     # A shift of up to one pixel blanks at most one row and one column.
     assert torch.all(out.sum(dim=(1, 2, 3)) >= 3 * 16)
+
+
+def test_random_erasing_puts_one_rectangle_of_noise_in_each_chosen_image() -> None:
+    torch.manual_seed(0)
+    x = torch.full((400, 1, 28, 28), -1.0)  # no erased pixel (0..255) can equal -1
+    out = random_erase(x, 0.5, (0.02, 0.25))
+    erased = out != -1
+    counts = erased.sum(dim=(1, 2, 3))
+    chosen = counts > 0
+    assert 150 < chosen.sum() < 250  # about half the images, p=0.5
+    for mask, count in zip(erased[chosen], counts[chosen], strict=True):
+        rows = mask[0].any(1).nonzero().flatten()
+        cols = mask[0].any(0).nonzero().flatten()
+        # One solid rectangle, rows and columns contiguous, its area within 2%..25% of the
+        # image give or take the rounding of its sides.
+        assert count == len(rows) * len(cols)
+        assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+        assert 0.01 * 784 <= count <= 0.30 * 784
+    values = out[erased]
+    assert values.min() >= 0 and values.max() <= 255 and values.std() > 50  # noise, not a fill
+    sizes = counts[chosen].float()
+    assert sizes.std() > 20  # each image its own size
+    assert torch.equal(random_erase(x, 0.0, (0.02, 0.25)), x)
+
+
+def test_augment_erases_only_when_asked_and_old_configs_have_it_off() -> None:
+    from omegaconf import OmegaConf
+
+    batch = torch.full((64, 1, 28, 28), 7, dtype=torch.uint8)
+    assert torch.equal(Augment(compose_config(["augment=none"]).augment)(batch), batch.float())
+    erasing = Augment(compose_config(["augment=none", "augment.erase=1"]).augment)
+    assert erasing.active and (erasing(batch) != 7).any(dim=(1, 2, 3)).all()
+    saved = OmegaConf.to_container(compose_config(["augment=standard"]).augment)
+    del saved["erase"], saved["erase_area"]  # a run saved before random erasing existed
+    assert Augment(OmegaConf.create(saved)).erase == 0.0
 
 
 def test_affine_rotation_and_zoom_vary_per_sample() -> None:

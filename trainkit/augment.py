@@ -1,6 +1,7 @@
 """Data augmentation on whole training batches, on the run's device.
 
-Every sample draws its own random flip, shift, rotation and zoom, but the work is a handful of
+Every sample draws its own random flip, shift, rotation, zoom and erased rectangle, but the work
+is a handful of
 tensor ops per batch, not a Python loop per sample (torchvision's per-sample transforms cost
 far more per sample on the CPU). Only training batches are augmented.
 Pixels shifted or rotated in from outside the image are black (0).
@@ -24,10 +25,14 @@ class Augment:
         self.translate = cfg.translate
         self.rotate = cfg.rotate
         self.zoom = tuple(cfg.zoom)
+        # Runs saved before random erasing existed have no erase keys: off for them.
+        self.erase = float(OmegaConf.select(cfg, "erase", default=0.0))
+        self.erase_area = tuple(OmegaConf.select(cfg, "erase_area", default=[0.02, 0.25]))
 
     @property
     def active(self) -> bool:
-        return self.hflip > 0 or self.translate > 0 or self.rotate > 0 or self.zoom != (1.0, 1.0)
+        return (self.hflip > 0 or self.translate > 0 or self.rotate > 0
+                or self.zoom != (1.0, 1.0) or self.erase > 0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
@@ -37,6 +42,8 @@ class Augment:
             x = random_translate(x, self.translate)
         if self.rotate > 0 or self.zoom != (1.0, 1.0):
             x = random_rotate_zoom(x, self.rotate, self.zoom)
+        if self.erase > 0:
+            x = random_erase(x, self.erase, self.erase_area)
         return x
 
 
@@ -69,6 +76,31 @@ def random_rotate_zoom(x: torch.Tensor, degrees: float, zoom: tuple[float, float
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+ERASE_ASPECT = (0.3, 3.3)  # the erased rectangle's height/width range (Zhong et al. 2017)
+
+
+def random_erase(x: torch.Tensor, p: float, area: tuple[float, float]) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017): with probability p, each image gets one rectangle of
+    its own size (a fraction `area` of the image, aspect ratio 0.3..3.3), position and random
+    pixel values (0..255). The rectangles are masks built from row and column ranges: no loop
+    over the batch."""
+    n, _, h, w = x.shape
+    device = x.device
+    size = torch.empty(n, device=device).uniform_(*area) * (h * w)
+    log_aspect = torch.empty(n, device=device).uniform_(*(math.log(a) for a in ERASE_ASPECT))
+    eh = (size * log_aspect.exp()).sqrt().round().clamp(1, h)
+    ew = (size / log_aspect.exp()).sqrt().round().clamp(1, w)
+    y0 = (torch.rand(n, device=device) * (h - eh + 1)).floor()
+    x0 = (torch.rand(n, device=device) * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])  # [N, H]
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])  # [N, W]
+    chosen = torch.rand(n, device=device) < p
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None])[:, None]
+    return torch.where(mask, torch.rand_like(x) * 255, x)
 
 
 @dataclass(frozen=True)

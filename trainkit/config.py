@@ -302,6 +302,8 @@ class AugmentConfig:
     translate: int = 0  # shift by up to this many pixels in x and in y
     rotate: float = 0.0  # rotate by up to this many degrees either way
     zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale factor range
+    erase: float = 0.0  # probability of random erasing: one rectangle of random pixels per image
+    erase_area: list[float] = field(default_factory=lambda: [0.02, 0.25])  # its share of the image
     tta_hflip: bool = False  # test-set scores average the logits of image and mirror (not val's)
     tta_shift: int = 0  # ... and of the image shifted by this many pixels up, down, left, right
 
@@ -634,6 +636,10 @@ def augment_checks(aug: DictConfig) -> list[Check]:
         (aug.tta_shift >= 0, "augment.tta_shift is a number of pixels: >= 0"),
         (len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
          "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]"),
+        (0 <= aug.erase <= 1, "augment.erase is a probability: 0..1"),
+        (len(aug.erase_area) == 2 and 0 < aug.erase_area[0] <= aug.erase_area[1] <= 1,
+         "augment.erase_area is a range [low, high] of image fractions, 0 < low <= high <= 1, "
+         "e.g. [0.02, 0.25]"),
     ]
 
 
