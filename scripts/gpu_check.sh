@@ -68,7 +68,7 @@ status=0
 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee -a "$REPORT" || status=1
 
 RUNS=$(mktemp -d)
-for preset in fmnist_speedrun fmnist_speedrun_90s; do
+for preset in fmnist_speedrun fmnist_speedrun_90s fmnist_accuracy; do
     start=$(date +%s.%N)
     if "$PY" -m trainkit "experiment=$preset" device=cuda "hydra.run.dir=$RUNS/$preset" \
         >"$RUNS/$preset.log" 2>&1; then

@@ -111,8 +111,8 @@ BAD_INPUTS = [
     (["model=transformer"], "model=transformer: no such option; choose one of cnn, mlp"),
     (  # the group was optional: a misspelled preset trained the default experiment, exit 0
         ["experiment=fmnist_speedrun_9s"],
-        "experiment=fmnist_speedrun_9s: no such option; choose one of fmnist_speedrun, "
-        "fmnist_speedrun_90s",
+        "experiment=fmnist_speedrun_9s: no such option; choose one of fmnist_accuracy, "
+        "fmnist_speedrun, fmnist_speedrun_90s",
     ),
     (["model.activation=swish"], "model.activation=swish: choose one of"),
     (["model.channels=[8,8,8,8,8]"], "model.channels has 5 pooling stages"),

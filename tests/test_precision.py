@@ -143,7 +143,9 @@ def test_the_header_and_summary_say_which_precision_and_why(
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["experiment=fmnist_speedrun"], ["experiment=fmnist_speedrun_90s"]]
+    "extra",
+    [[], *([f"experiment={preset}"] for preset in ("fmnist_speedrun", "fmnist_speedrun_90s",
+                                                    "fmnist_accuracy"))],
 )
 def test_auto_is_the_default_and_the_presets(fmnist_slice: Path, extra: list[str]) -> None:
     cfg = compose_config([f"data.root={fmnist_slice}", *extra])

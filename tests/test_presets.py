@@ -22,28 +22,42 @@ def preset_config(preset: str, fmnist_root: Path, *extra: str) -> list[str]:
     return [f"experiment={preset}", f"data.root={fmnist_root}", "data.download=false", *extra]
 
 
+PRESETS = ["fmnist_speedrun", "fmnist_speedrun_90s", "fmnist_accuracy"]
+
+
 @pytest.mark.parametrize(
-    ("preset", "hflip", "translate", "views"),
+    ("preset", "hflip", "translate", "erase", "views"),
     [
-        ("fmnist_speedrun", 0.5, 1, TestTimeViews(hflip=True, shift=1)),
-        ("fmnist_speedrun_90s", 0.0, 0, IMAGE_ONLY),
+        ("fmnist_speedrun", 0.5, 1, 0.0, TestTimeViews(hflip=True, shift=1)),
+        ("fmnist_speedrun_90s", 0.0, 0, 0.0, IMAGE_ONLY),
+        ("fmnist_accuracy", 0.5, 2, 0.5, TestTimeViews(hflip=True, shift=1)),
     ],
 )
 def test_each_speed_preset_trains_with_its_own_augmentation_and_test_time_views(
-    preset: str, hflip: float, translate: int, views: TestTimeViews, fmnist_slice: Path,
-    capsys: pytest.CaptureFixture[str],
+    preset: str, hflip: float, translate: int, erase: float, views: TestTimeViews,
+    fmnist_slice: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     _, training = build(compose_config(preset_config(preset, fmnist_slice)))
     if hflip or translate:
-        assert training.augment is not None
-        assert (training.augment.hflip, training.augment.translate) == (hflip, translate)
+        aug = training.augment
+        assert aug is not None
+        assert (aug.hflip, aug.translate, aug.erase) == (hflip, translate, erase)
     else:
         assert training.augment is None  # nothing drawn per step
     assert training.tta == views
     assert "warning" not in capsys.readouterr().out  # views within what training showed
 
 
-@pytest.mark.parametrize("preset", ["fmnist_speedrun", "fmnist_speedrun_90s"])
+def test_the_accuracy_preset_is_the_speedrun_recipe_on_a_wider_cnn(fmnist_slice: Path) -> None:
+    speedrun = compose_config(preset_config("fmnist_speedrun", fmnist_slice))
+    accuracy = compose_config(preset_config("fmnist_accuracy", fmnist_slice))
+    assert list(accuracy.model.channels) == [32, 64, 128]
+    assert (accuracy.trainer.epochs, accuracy.trainer.precision) == (30, "auto")
+    for key in ["optimizer", "scheduler", "loss", "data"]:
+        assert accuracy[key] == speedrun[key], key
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.slow
 def test_each_speed_preset_runs_from_start_to_test_score(
     preset: str, fmnist_slice: Path, tmp_path: Path

@@ -288,3 +288,25 @@ def test_resume_accepts_the_original_command_when_every_value_is_the_saved_one(
                                         r"saved with lr=0\.003"):  # fmt: skip
         resume.load(target, [*(o for o in original if "lr=" not in o), "optimizer.lr=0.1"])
     GlobalHydra.instance().clear()
+
+
+def test_a_run_saved_before_a_key_existed_resumes_with_its_group_repeated() -> None:
+    """A run saved before augment.erase (and tta_shift) existed, resumed with its own
+    `augment=standard`: today's composition adds the new keys at their defaults, which is no
+    change; a value other than the default is."""
+    from omegaconf import OmegaConf
+
+    from trainkit.config import compose_config
+    from trainkit.errors import UserError
+    from trainkit.resume import refuse_changes
+
+    composed = compose_config(["augment=standard"])
+    old = OmegaConf.to_container(composed)
+    for key in ("erase", "erase_area", "tta_shift"):
+        del old["augment"][key]
+    saved = OmegaConf.create(old)
+    refuse_changes(["augment=standard"], composed, saved)
+    erasing = compose_config(["augment=standard", "augment.erase=0.5"])
+    with pytest.raises(UserError, match=r"^augment=standard: a resumed run keeps its config, "
+                                        r"and it was saved with another augment"):  # fmt: skip
+        refuse_changes(["augment=standard"], erasing, saved)

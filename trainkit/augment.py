@@ -1,9 +1,8 @@
 """Data augmentation on whole training batches, on the run's device.
 
 Every sample draws its own random flip, shift, rotation, zoom and erased rectangle, but the work
-is a handful of
-tensor ops per batch, not a Python loop per sample (torchvision's per-sample transforms cost
-far more per sample on the CPU). Only training batches are augmented.
+is a handful of tensor ops per batch, not a Python loop per sample (torchvision's per-sample
+transforms cost far more per sample on the CPU). Only training batches are augmented.
 Pixels shifted or rotated in from outside the image are black (0).
 """
 
@@ -84,8 +83,9 @@ ERASE_ASPECT = (0.3, 3.3)  # the erased rectangle's height/width range (Zhong et
 def random_erase(x: torch.Tensor, p: float, area: tuple[float, float]) -> torch.Tensor:
     """Random erasing (Zhong et al. 2017): with probability p, each image gets one rectangle of
     its own size (a fraction `area` of the image, aspect ratio 0.3..3.3), position and random
-    pixel values (0..255). The rectangles are masks built from row and column ranges: no loop
-    over the batch."""
+    pixel values (0..255; each channel its own). The rectangles are masks built from row and
+    column ranges: no loop over the batch. Areas up to 0.3 of the image fit at any aspect ratio
+    (config.MAX_ERASE); the clamp only catches the rounding of a side."""
     n, _, h, w = x.shape
     device = x.device
     size = torch.empty(n, device=device).uniform_(*area) * (h * w)

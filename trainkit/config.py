@@ -629,6 +629,9 @@ def regularization_checks(reg: DictConfig) -> list[Check]:
     ]
 
 
+MAX_ERASE = 0.3  # the largest share of the image an erased rectangle fits at aspect 3.3 or 0.3
+
+
 def augment_checks(aug: DictConfig) -> list[Check]:
     return [
         (0 <= aug.hflip <= 1, "augment.hflip is a probability: 0..1"),
@@ -637,9 +640,9 @@ def augment_checks(aug: DictConfig) -> list[Check]:
         (len(aug.zoom) == 2 and 0 < aug.zoom[0] <= aug.zoom[1],
          "augment.zoom is a range [low, high] with 0 < low <= high, e.g. [0.9, 1.1]"),
         (0 <= aug.erase <= 1, "augment.erase is a probability: 0..1"),
-        (len(aug.erase_area) == 2 and 0 < aug.erase_area[0] <= aug.erase_area[1] <= 1,
-         "augment.erase_area is a range [low, high] of image fractions, 0 < low <= high <= 1, "
-         "e.g. [0.02, 0.25]"),
+        (len(aug.erase_area) == 2 and 0 < aug.erase_area[0] <= aug.erase_area[1] <= MAX_ERASE,
+         f"augment.erase_area is a range [low, high] of image fractions, 0 < low <= high <= "
+         f"{MAX_ERASE} (larger rectangles do not fit at every aspect ratio), e.g. [0.02, 0.25]"),
     ]
 
 
