@@ -380,6 +380,11 @@ def print_heading(peak: float, args: argparse.Namespace) -> None:
               f"~100x slower than fp32)")  # fmt: skip
 
 
+def shown(value: float, spec: str, unit: str = "") -> str:
+    """A figure as text, or n/a where the loops that measure it did not run (nan)."""
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
 def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.Namespace) -> None:
     def med(model: str, loop: str, key: str) -> float:
         values = [run[key] for run in runs.get((model, loop), []) if key in run]
@@ -408,18 +413,21 @@ def report(runs: dict[tuple[str, str], list[dict]], peak: float, args: argparse.
         flop = med(model, "bare", "flop")
         for loop in args.loops:
             train = med(model, loop, "train")
-            share = train * flop / (peak * 1e9) * 100
-            print(f"{model:5} {loop:14} {train:9,.0f} {med(model, loop, 'eval'):9,.0f} "
-                  f"{med(model, loop, 'peak_rss_mb'):7,.0f}MB {share:5.0f}%")  # fmt: skip
+            share = train * flop / (peak * 1e9) * 100  # the FLOP count comes from the bare loop
+            print(f"{model:5} {loop:14} {shown(train, ',.0f'):>9} "
+                  f"{shown(med(model, loop, 'eval'), ',.0f'):>9} "
+                  f"{shown(med(model, loop, 'peak_rss_mb'), ',.0f', 'MB'):>9} "
+                  f"{shown(share, '.0f', '%'):>6}")  # fmt: skip
         fp32_bare = [loop for loop in args.loops if loop.startswith("bare") and "bf16" not in loop]
         best_loop = max(fp32_bare,
                         key=lambda loop: med(model, loop, "train"), default="bare")  # fmt: skip
+        augmentation = 1 - ratio_median(model, "trainkit+aug", "trainkit", "train")
         print(f"{model}: trainkit/tutorial {ratio(model, 'tutorial')}, trainkit/bare "
               f"{ratio(model, 'bare')}, trainkit/best bare ({best_loop}) "
               f"{ratio(model, best_loop)}, eval trainkit/tutorial "
               f"{ratio(model, 'tutorial', 'eval')}, augmentation costs "
-              f"{(1 - ratio_median(model, 'trainkit+aug', 'trainkit', 'train')) * 100:.0f}% "
-              f"of the step; {flop / 1e6:.1f} MFLOP per training sample")  # fmt: skip
+              f"{shown(augmentation * 100, '.0f', '%')} of the step; "
+              f"{shown(flop / 1e6, '.1f')} MFLOP per training sample")  # fmt: skip
         if (model, "trainkit+bf16") in runs:
             trainkit_gain = ratio_of(model, "trainkit+bf16", "trainkit")
             bare_gain = ratio_of(model, "bare+bf16", "bare+best")

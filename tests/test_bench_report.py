@@ -45,6 +45,9 @@ def test_a_run_without_bare_loops_reports_what_it_measured(bench, capsys) -> Non
     out = capsys.readouterr().out
     assert "95,000" in out and "trainkit/tutorial 10.00x" in out
     assert "trainkit/bare n/a" in out
+    # What only the bare loop and trainkit+aug measure is unknown, not a number: no "nan".
+    assert "nan" not in out
+    assert "augmentation costs n/a of the step; n/a MFLOP per training sample" in out
 
 
 ZEN3 = {"model name": "AMD EPYC", "cpu family": "25", "model": "1", "flags": "fpu avx2 fma"}
