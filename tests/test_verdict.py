@@ -124,6 +124,21 @@ def test_each_suggestion_composes_after_the_run_validates_builds_and_changes_som
     assert given["lr too high"][0] == lower and given["plateaued"][-1] == lower
 
 
+def test_a_plateau_at_an_annealed_schedules_end_is_told_to_go_further_not_slower() -> None:
+    """The accuracy preset's run (one-cycle, lr 3e-3 down to 1.7e-5 at its end) plateaued and
+    was told `scheduler=plateau; lr=0.001`: the flat end is the schedule's, by design."""
+    command = ["scheduler=onecycle", "model.hidden=64"]
+    cfg = compose_config(command)
+    flat = rows(*[(0.3, 0.3, 0.9, 0.89)] * 4)
+    annealed = [{**row, "lr": lr} for row, lr in zip(flat, [3e-3, 1e-3, 1e-4, 2e-5], strict=True)]
+    assert advise("plateaued", annealed, cfg, command) == [
+        "model.hidden=128", "model.channels=[64,128]", "epochs=10",
+    ]  # fmt: skip
+    held = [{**row, "lr": 1e-3} for row in flat]  # a constant lr: a schedule worth changing
+    assert advise("plateaued", held, cfg, command) == ["scheduler=plateau", "lr=0.00033"]
+    assert advise("plateaued", flat, cfg, command) == ["scheduler=plateau", "lr=0.00033"]
+
+
 def test_lower_lr_is_a_tenth_but_at_most_ten_times_the_optimizers_default() -> None:
     """Planted bug caught: without the cap, lr=1e6 is advised lr=1e+05."""
     for lr, optimizer, tenth, third in [("0.1", "adam", "0.01", "0.01"),

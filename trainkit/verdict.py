@@ -14,7 +14,9 @@ loss of predicting every class alike:
              l* since e* while training went on.
 - underfit:  a_t < underfit_acc: the model cannot even fit its training data.
 - plateaued: over the last plateau_epochs epochs, val loss improved by less than
-             plateau_delta (relative) in every epoch.
+             plateau_delta (relative) in every epoch. At the end of an annealed schedule
+             (one-cycle, cosine: the last lr under a tenth of the highest) that is by design,
+             and the advice is a bigger model and more epochs rather than another schedule.
 - good fit:  none of the above.
 
 The advice is overrides to paste after the run's own command, with values computed from the
@@ -149,8 +151,20 @@ def candidates(verdict: str, history: list[dict], cfg: DictConfig) -> list[str]:
         return [*bigger_model(cfg), f"epochs={epochs * 2}", *faster, "regularization.l2=0",
                 "regularization.l1=0", "model.dropout=0", "model.input_dropout=0"]
     if verdict == "plateaued":
+        if annealed(history):  # the schedule's end, by design: go further, not slower
+            return [*bigger_model(cfg), f"epochs={epochs * 2}"]
         return ["scheduler=plateau", "scheduler=onecycle", f"lr={lower_lr(cfg, 3)}"]
     return [f"epochs={epochs * 2}"]  # good fit: more of the same while val loss still falls
+
+
+ANNEALED = 0.1  # a last epoch's lr under this share of the run's highest: the schedule annealed
+
+
+def annealed(history: list[dict]) -> bool:
+    """Whether the run ended with its schedule's lr annealed (one-cycle, cosine): its last
+    epochs are meant to flatten out, and a plateau there is not a schedule to change."""
+    lrs = [m["lr"] for m in history if isinstance(m.get("lr"), float | int)]
+    return len(lrs) > 1 and lrs[-1] < ANNEALED * max(lrs)
 
 
 def bigger_model(cfg: DictConfig) -> list[str]:
