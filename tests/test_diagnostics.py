@@ -142,6 +142,20 @@ def test_hparams_declare_the_swept_keys_and_the_split_metrics(tmp_path: Path) ->
     assert [(g, t) for g, t, _ in hparams.metric_names("val_acc")] == metrics
 
 
+def test_hparams_name_the_preset_beside_the_groups_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preset sets keys the groups' choices do not show (fmnist_accuracy's erasing under
+    augment=light): the HPARAMS tab names it, and a run without one gets "" (not None)."""
+    cfg = compose_config(["experiment=fmnist_accuracy"])
+    choices = {"experiment": "fmnist_accuracy", "augment": "light", "model": "cnn"}
+    monkeypatch.setattr(hparams, "group_choices", lambda: choices)
+    values = hparams.collect(cfg)
+    assert (values["experiment"], values["augment"]) == ("fmnist_accuracy", "light")
+    monkeypatch.setattr(hparams, "group_choices", lambda: {**choices, "experiment": None})
+    assert hparams.collect(cfg)["experiment"] == ""
+
+
 def test_a_lone_run_declares_every_key_and_no_trial_name(tmp_path: Path) -> None:
     values = {"model": "mlp", "optimizer.lr": 0.1}
     writer = SummaryWriter(str(tmp_path / "run"))

@@ -27,8 +27,9 @@ from torch.utils.tensorboard import SummaryWriter
 from trainkit.config import shorten_aliases
 from trainkit.run_dirs import SPLIT_RUNS
 
-GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "regularization", "augment",
-          "trainer")
+# "experiment" is the preset, if any: the groups' choices alone do not show what it set.
+GROUPS = ("experiment", "data", "model", "init", "loss", "optimizer", "scheduler",
+          "regularization", "augment", "trainer")
 CORE_KEYS = ("optimizer.lr", "trainer.batch_size", "trainer.epochs", "trainer.seed")
 # Overrides that say where things are, not how training goes.
 NOT_HPARAMS = ("data.root", "data.download", "trainer.device", "trainer.overwrite")
@@ -73,7 +74,7 @@ def collect(cfg: DictConfig) -> dict[str, bool | float | str]:
     overridden: list[str] = []
     if HydraConfig.initialized():
         overridden = [key_of(o) for o in HydraConfig.get().overrides.task]
-    values: dict[str, Any] = {group: choices.get(group, "") for group in GROUPS}
+    values: dict[str, Any] = {group: choices.get(group) or "" for group in GROUPS}
     for key in [*CORE_KEYS, *sorted(overridden)]:
         if key in values or key in NOT_HPARAMS or key.startswith("hydra"):
             continue
