@@ -12,6 +12,7 @@ from torch import nn
 
 from trainkit.augment import Augment, random_erase, random_translate
 from trainkit.callbacks import EarlyStopping
+from trainkit.checkpoint import config_of
 from trainkit.data import Normalizer, Split
 from trainkit.loop import FitState, Training, restore_if_asked, train_epoch
 
@@ -194,9 +195,9 @@ def test_augment_erases_only_when_asked_and_old_configs_have_it_off() -> None:
     assert torch.equal(Augment(compose_config(["augment=none"]).augment)(batch), batch.float())
     erasing = Augment(compose_config(["augment=none", "augment.erase=1"]).augment)
     assert erasing.active and (erasing(batch) != 7).any(dim=(1, 2, 3)).all()
-    saved = OmegaConf.to_container(compose_config(["augment=standard"]).augment)
-    del saved["erase"], saved["erase_area"]  # a run saved before random erasing existed
-    assert Augment(OmegaConf.create(saved)).erase == 0.0
+    saved = OmegaConf.to_container(compose_config(["augment=standard"]))
+    del saved["augment"]["erase"], saved["augment"]["erase_area"]  # saved before erasing
+    assert Augment(config_of({"config": saved}, Path("last.pt")).augment).erase == 0.0
 
 
 def test_affine_rotation_and_zoom_vary_per_sample() -> None:
@@ -327,9 +328,8 @@ def test_translate_crops_each_sample_at_its_own_drawn_offset(channels_last: bool
 
 
 def test_a_run_saved_before_tta_shift_existed_builds_without_it(fmnist_slice: Path) -> None:
-    """Resume reads a run's saved config as it was written: older runs lack augment.tta_shift."""
-    from omegaconf import OmegaConf
-
+    """Resume and evaluate read a run's config from its checkpoint (checkpoint.config_of):
+    older runs lack augment.tta_shift."""
     from trainkit.augment import TestTimeViews
     from trainkit.experiment import build
 
@@ -337,7 +337,7 @@ def test_a_run_saved_before_tta_shift_existed_builds_without_it(fmnist_slice: Pa
                  "augment.tta_hflip=true"]  # fmt: skip
     saved = OmegaConf.to_container(compose_config(overrides))
     del saved["augment"]["tta_shift"]
-    _, training = build(OmegaConf.create(saved))
+    _, training = build(config_of({"config": saved}, Path("last.pt")))
     assert training.tta == TestTimeViews(hflip=True, shift=0)
 
 

@@ -292,10 +292,12 @@ def test_resume_accepts_the_original_command_when_every_value_is_the_saved_one(
 
 def test_a_run_saved_before_a_key_existed_resumes_with_its_group_repeated() -> None:
     """A run saved before augment.erase (and tta_shift) existed, resumed with its own
-    `augment=standard`: today's composition adds the new keys at their defaults, which is no
-    change; a value other than the default is."""
+    `augment=standard`: today's composition adds the new keys at their defaults, and so does
+    reading the checkpoint's config (checkpoint.config_of, as resume.load does): no change; a
+    value other than the default is one."""
     from omegaconf import OmegaConf
 
+    from trainkit.checkpoint import config_of
     from trainkit.config import compose_config
     from trainkit.errors import UserError
     from trainkit.resume import refuse_changes
@@ -304,7 +306,7 @@ def test_a_run_saved_before_a_key_existed_resumes_with_its_group_repeated() -> N
     old = OmegaConf.to_container(composed)
     for key in ("erase", "erase_area", "tta_shift"):
         del old["augment"][key]
-    saved = OmegaConf.create(old)
+    saved = config_of({"config": old}, Path("last.pt"))
     refuse_changes(["augment=standard"], composed, saved)
     erasing = compose_config(["augment=standard", "augment.erase=0.5"])
     with pytest.raises(UserError, match=r"^augment=standard: a resumed run keeps its config, "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 
 class Augment:
@@ -24,9 +24,8 @@ class Augment:
         self.translate = cfg.translate
         self.rotate = cfg.rotate
         self.zoom = tuple(cfg.zoom)
-        # Runs saved before random erasing existed have no erase keys: off for them.
-        self.erase = float(OmegaConf.select(cfg, "erase", default=0.0))
-        self.erase_area = tuple(OmegaConf.select(cfg, "erase_area", default=[0.02, 0.25]))
+        self.erase = cfg.erase
+        self.erase_area = tuple(cfg.erase_area)
 
     @property
     def active(self) -> bool:
@@ -115,9 +114,7 @@ class TestTimeViews:
 
     @classmethod
     def from_config(cls, augment: DictConfig) -> TestTimeViews:
-        # Runs saved before a key existed have none: select with its default.
-        return cls(bool(OmegaConf.select(augment, "tta_hflip", default=False)),
-                   int(OmegaConf.select(augment, "tta_shift", default=0)))
+        return cls(augment.tta_hflip, augment.tta_shift)
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         views = [images]

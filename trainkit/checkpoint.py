@@ -14,12 +14,14 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit.config import AugmentConfig
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
 
@@ -176,11 +178,17 @@ PLAIN = (dict, list, tuple, str, int, float, bool, type(None))  # what a resolve
 
 
 def config_of(saved: dict, path: Path) -> DictConfig:
-    """The checkpoint's config as OmegaConf, with every group a run is rebuilt from."""
+    """The checkpoint's config as OmegaConf, with every group a run is rebuilt from. The
+    augment keys added since it was saved (tta_shift, erase, ...) are filled in at their
+    defaults, all of them off, as the run trained: every reader (resume's comparison with
+    the command line, the training batches, evaluate's test-time views) sees today's keys."""
     config = saved.get("config")
     missing = [g for g in CONFIG_GROUPS if not isinstance((config or {}).get(g), dict)]
     if missing:
         raise damaged(path, f"its config has no {missing[0]} group")
+    augment = config.get("augment", {})
+    if isinstance(augment, dict):
+        config = {**config, "augment": {**asdict(AugmentConfig()), **augment}}
     try:
         return OmegaConf.create(config)
     except Exception as e:  # OmegaConf's own checks: keys, types

@@ -202,7 +202,7 @@ def build(cfg: DictConfig) -> tuple[data.Data, Training]:
         cfg.trainer.epochs,
     )
     augment = Augment(cfg.augment)
-    tta = TestTimeViews.from_config(cfg.augment)  # a resumed run may predate tta_shift
+    tta = TestTimeViews.from_config(cfg.augment)
     if tta.hflip and not cfg.augment.hflip:
         console.warn(
             "augment.tta_hflip=true but the model never sees mirrored images in training "

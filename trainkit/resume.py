@@ -22,7 +22,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from trainkit import checkpoint, init, layout, losses, runtime, schedule
-from trainkit.config import AugmentConfig, compose_config, shorten_aliases
+from trainkit.config import compose_config, shorten_aliases
 from trainkit.errors import UserError, first_line
 from trainkit.files import write_atomic
 from trainkit.loop import FitState, Training
@@ -102,15 +102,8 @@ def refuse_changes(overrides: list[str], composed: DictConfig, saved: DictConfig
             )
 
 
-# Keys added to a group after runs were saved with it: a run saved before has none, and a value
-# composed today at the key's default changes nothing it did.
-LATER_KEYS = {"augment": {key: getattr(AugmentConfig(), key)
-                          for key in ("tta_shift", "erase", "erase_area")}}  # fmt: skip
-
-
 def comparable(key: str, node: object) -> object:
-    """A config value, or a group as a plain dict without the CHANGEABLE keys (nor the
-    LATER_KEYS at their defaults)."""
+    """A config value, or a group as a plain dict without the CHANGEABLE keys."""
     if not OmegaConf.is_config(node):
         return node
     group = {"scheduler": schedule.legacy, "loss": losses.legacy, "init": init.legacy}.get(key)
@@ -122,9 +115,6 @@ def comparable(key: str, node: object) -> object:
             group_key, _, leaf = changeable.partition(".")
             if group_key == key:
                 plain.pop(leaf, None)
-        for later, default in LATER_KEYS.get(key, {}).items():
-            if plain.get(later, default) == default:
-                plain.pop(later, None)
     return plain
 
 
