@@ -14,6 +14,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,16 @@ def config_of(saved: dict, path: Path) -> DictConfig:
 
 
 CONFIG_GROUPS = ("data", "model", "init", "loss", "optimizer", "scheduler", "trainer")
+
+
+@contextmanager
+def fitting_its_config() -> Iterator[None]:
+    """Loading a checkpoint's states into what its config built (model, optimizer, schedule,
+    callbacks): a state that does not fit is one line, not torch's traceback."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"the checkpoint does not fit its own config ({first_line(e)})") from None
 
 
 def targets_in(config: dict) -> Targets:

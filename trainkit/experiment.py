@@ -295,7 +295,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> Summary:
     observers = Observers.create(cfg, run_dir, training, resume is not None) if main else None
     deciding = deciding_callbacks(cfg, training.model)
     callbacks = observers.around(deciding) if observers else deciding
-    state = restored(cfg, run_dir, training, dataset, resume) if resume is not None else None
+    state = None if resume is None else restored(cfg, run_dir, training, dataset, resume, main)
     if observers and resume is None and cfg.diagnostics.pictures and training.augment is not None:
         preview_augmentation(dataset, training, observers.tensorboard)
     try:
@@ -313,11 +313,12 @@ def run(cfg: DictConfig, run_dir: Path, resume: dict | None = None) -> Summary:
 
 
 def restored(
-    cfg: DictConfig, run_dir: Path, training: Training, dataset: data.Data, resume: dict
+    cfg: DictConfig, run_dir: Path, training: Training, dataset: data.Data, resume: dict,
+    main: bool,
 ) -> FitState:
     """The fit's state from the checkpoint `resume`, with the model, optimizer and RNGs."""
     state = resume_run.restore(resume, training, dataset.train.labels.device)
-    if distributed.is_main():
+    if main:
         console.console.print(f"resuming {run_dir} at epoch {state.epoch}, step {state.step}",
                               highlight=False, soft_wrap=True)
         return state

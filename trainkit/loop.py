@@ -25,8 +25,9 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from trainkit import distributed
 from trainkit.augment import IMAGE_ONLY, Augment, TestTimeViews
+from trainkit.checkpoint import fitting_its_config
 from trainkit.data import Data, Normalizer, Split, batches, shuffled_batches
-from trainkit.errors import UserError, first_line
+from trainkit.errors import UserError
 from trainkit.metrics import metric
 from trainkit.models import inference_copy
 from trainkit.optim_step import step_function
@@ -639,13 +640,9 @@ def fit(
 def restore_callbacks(callbacks: Sequence[Callback], saved: dict, state: FitState) -> None:
     """Each callback's state from a checkpoint (by its state_key), before the fit starts."""
     for cb in callbacks:
-        if (mine := saved.get(cb.state_key)) is None:
-            continue
-        try:
-            cb.load_state_dict(mine, state)
-        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
-            why = first_line(e)
-            raise UserError(f"the checkpoint does not fit its own config ({why})") from None
+        if (mine := saved.get(cb.state_key)) is not None:
+            with fitting_its_config():
+                cb.load_state_dict(mine, state)
 
 
 def ended(state: FitState) -> Outcome:

@@ -23,7 +23,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from trainkit import checkpoint, init, layout, losses, runtime, schedule
 from trainkit.config import compose_config, shorten_aliases
-from trainkit.errors import UserError, first_line
+from trainkit.errors import UserError
 from trainkit.files import write_atomic
 from trainkit.loop import FitState, Training
 from trainkit.run_dirs import SPLIT_RUNS
@@ -207,7 +207,7 @@ def keep_events_until(run_dir: Path, until: float) -> None:
 def restore(saved: dict, t: Training, device: object) -> FitState:
     """Put the model, optimizer, scheduler and RNGs back as they were saved; the fit's state to
     go on from. The callbacks' states (saved["callbacks"]) are fit's to give back to them."""
-    try:
+    with checkpoint.fitting_its_config():
         t.model.load_state_dict(saved["model"])
         t.optimizer.load_state_dict(saved["optimizer"])
         layout.match_state_to_params(t.optimizer)  # saved on another device: other layouts
@@ -217,6 +217,4 @@ def restore(saved: dict, t: Training, device: object) -> FitState:
             t.scaler.load_state_dict(saved["scaler"])
         state = FitState.from_state_dict(saved["fit"], device)  # type: ignore[arg-type]
         runtime.set_rng_state(saved["rng"])  # last: building the model drew from them
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise UserError(f"the checkpoint does not fit its own config ({first_line(e)})") from None
     return state
