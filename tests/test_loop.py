@@ -122,3 +122,31 @@ def test_callback_state_is_kept_by_state_key_and_two_under_one_key_is_an_error()
     assert [cb.count for cb in resumed] == [3, 5]
     with pytest.raises(ValueError, match="two callbacks keep state under 'Counter'"):
         callback_states([Counter(None, 1), Counter(None, 2)])
+
+
+def test_a_saved_state_that_does_not_fit_is_one_line_for_the_callbacks_and_the_model() -> None:
+    """A callback's state and the model's weights from a checkpoint that does not fit what its
+    config built: one UserError line naming the mismatch, not torch's traceback."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from trainkit.callbacks import EarlyStopping
+    from trainkit.errors import UserError
+    from trainkit.loop import FitState, restore_callbacks
+    from trainkit.resume import restore
+
+    from .conftest import compose_config
+
+    cfg = compose_config([])
+    stopping = EarlyStopping(cfg.regularization.early_stopping, nn.Linear(2, 2))
+    with pytest.raises(UserError, match=r"^the checkpoint does not fit its own config "
+                                        r"\(.*best_epoch"):  # fmt: skip
+        restore_callbacks([stopping], {"EarlyStopping": {"best": 0.5}}, FitState(1, 1))
+    model = nn.Linear(2, 2)  # what restore reads of a Training:
+    t = SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        scheduler=None, scaler=None)  # fmt: skip
+    wrong = {"model": nn.Linear(3, 2).state_dict()}
+    with pytest.raises(UserError, match=r"^the checkpoint does not fit its own config "
+                                        r"\(Error\(s\) in loading state_dict"):  # fmt: skip
+        restore(wrong, t, torch.device("cpu"))
