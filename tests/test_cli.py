@@ -95,9 +95,15 @@ BAD_INPUTS = [
         "optimizer.momentum: no such key in optimizer=adam; its keys are lr, betas, eps, "
         "weight_decay, amsgrad",
     ),
-    (["lr=abc"], "lr=abc: value 'abc' of type 'str' could not be converted to Float"),
-    (["epochs=1.5"], "epochs=1.5: value '1.5' of type 'float' could not be converted to Integer"),
-    (["batch_size=[64,128]"], "batch_size=[64,128]: value '[64, 128]' of type 'list' could not"),
+    # was OmegaConf's "value 'abc' of type 'str' could not be converted to Float"
+    (["lr=abc"], "lr=abc: lr takes a number, e.g. lr=0.01"),
+    (["epochs=1.5"], "epochs=1.5: epochs takes a whole number, e.g. epochs=10"),
+    (["batch_size=[64,128]"], "batch_size=[64,128]: batch_size takes a whole number, e.g. "),
+    (["trainer.deterministic=maybe"], "trainer.deterministic=maybe: trainer.deterministic takes "
+                                      "true or false"),  # fmt: skip
+    # was accepted, then killed by the kernel's OOM killer with nothing said (exit 137)
+    (["batch_size=100000"], "batch_size=100000: more than the 55,000 training images: choose at "
+                            "most 55,000"),  # fmt: skip
     (["lr==0.1"], "cannot read the override 'lr==0.1': write key=value, e.g. lr=0.01"),
     (["lr=0"], "lr=0.0: the learning rate must be > 0"),
     (["lr=-0.1"], "lr=-0.1: the learning rate must be > 0"),
@@ -155,6 +161,28 @@ def test_bad_input_is_named_with_the_fix(args: list[str], message: str) -> None:
     multirun = args[0] == "-m"
     errors = preflight(expand_aliases(args[1:] if multirun else args), multirun)
     assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_an_unknown_flag_says_how_to_write_it_as_an_override() -> None:
+    """`trainkit --epochs 3` printed argparse's 7-line usage block."""
+    from trainkit.cli import unknown_flag_message
+
+    expected = "not an option; trainkit's settings are overrides, written key=value: "
+    assert unknown_flag_message(["--epochs", "3"]) == f"--epochs: {expected}epochs=3"
+    assert unknown_flag_message(["lr=0.1", "--seed=2"]) == f"--seed=2: {expected}seed=2"
+    assert unknown_flag_message(["--lr", "-m"]) == f"--lr: {expected}lr=<value>"
+    for fine in (["-m", "lr=0.1,0.01"], ["--cfg", "job"], ["--help"], ["lr=-1"], []):
+        assert unknown_flag_message(fine) is None, fine
+
+
+@pytest.mark.slow
+def test_an_unknown_flag_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = trainkit("--epochs", "3", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, (
+        "trainkit: error: --epochs: not an option; trainkit's settings are overrides, written "
+        "key=value: epochs=3\n"
+    ))  # fmt: skip
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize(

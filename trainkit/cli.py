@@ -161,6 +161,8 @@ def dispatch() -> None:
     given = args[1:] if command and command != "resume" else args
     if conflicts := alias_conflicts(given):
         sys.exit(refuse(prefix, conflicts))
+    if command in ("", "resume") and (unknown := unknown_flag_message(args)):
+        sys.exit(refuse(prefix, [unknown]))
     if command == "resume":
         sys.exit(resume(expand_aliases(args)))
     if command:
@@ -169,6 +171,23 @@ def dispatch() -> None:
         sys.exit(run_subcommand(command, expand_aliases(given)))
     sys.argv[1:] = expand_aliases(args)
     train()
+
+
+def unknown_flag_message(args: list[str]) -> str | None:
+    """`--epochs 3`: trainkit's settings are overrides (key=value), and its flags Hydra's; an
+    unknown flag is one line saying how to write it, not argparse's usage block."""
+    flags = hydra._internal.utils.get_args_parser()._option_string_actions
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if not arg.startswith("-") or name in flags:
+            continue
+        key = name.lstrip("-")
+        following = args[i + 1] if i + 1 < len(args) else ""
+        value = value or (following if following and "=" not in following
+                          and not following.startswith("-") else "<value>")  # fmt: skip
+        return (f"{arg}: not an option; trainkit's settings are overrides, written key=value: "
+                f"{key}={value}")
+    return None
 
 
 def command_named(args: list[str]) -> str:
@@ -698,10 +717,19 @@ def check_job(overrides: list[str], check_data: bool = True) -> list[str]:
         runtime.pick_device(cfg.trainer.device)
         experiment.dry_build(cfg)
         if check_data:  # damaged files are found here, before a run folder exists
-            data.check(cfg.data)
+            errors += batch_checks(cfg.trainer.batch_size, data.check(cfg.data))
     except UserError as e:
         errors.append(str(e))
     return errors
+
+
+def batch_checks(batch_size: int, train_count: int) -> list[str]:
+    """A batch is drawn from the training split: one larger than it would hold the whole split
+    (and its activations) at once, which the CPU's memory may not survive."""
+    if batch_size <= train_count:
+        return []
+    return [f"batch_size={batch_size}: more than the {train_count:,} training images: choose "
+            f"at most {train_count:,}, e.g. batch_size=128"]
 
 
 def unknown_option_message(e: MissingConfigException) -> str:
@@ -718,8 +746,7 @@ def composition_message(e: ConfigCompositionException, overrides: list[str]) -> 
         return unknown_key_message(match.group(1), overrides)
     match = re.search(r"Error merging override (\S+)", str(e))
     if match and e.__cause__ is not None:  # a value of the wrong type
-        reason = first_line(e.__cause__)
-        return f"{shorten_aliases(match.group(1))}: {reason[0].lower()}{reason[1:]}"
+        return wrong_type_message(shorten_aliases(match.group(1)), first_line(e.__cause__))
     match = re.search(r"In 'experiment/([^']+)': ConfigKeyError.*full_key: (\S+)", str(e),
                       re.DOTALL)
     if match:  # a preset sets a key that the option chosen beside it does not have
@@ -730,6 +757,22 @@ def composition_message(e: ConfigCompositionException, overrides: list[str]) -> 
         return (f"{preset} sets {key}, which {chosen} does not have: drop {chosen} (the "
                 "preset picks its own) or choose another experiment")
     return first_line(e)
+
+
+# What a key of each schema type takes, by the words OmegaConf's error names the type with.
+WANTED = {"Float": "a number, e.g. {key}=0.01", "Integer": "a whole number, e.g. {key}=10",
+          "bool": "true or false"}
+
+
+def wrong_type_message(override: str, reason: str) -> str:
+    """`lr=abc`: say what the key takes, not OmegaConf's "value 'abc' of type 'str' could not
+    be converted to Float" (or "... is not a valid bool")."""
+    wanted = re.search(r"could not be converted to (\w+)|is not a valid (bool)", reason)
+    kind = wanted and (wanted.group(1) or wanted.group(2))
+    if kind not in WANTED:
+        return f"{override}: {reason[0].lower()}{reason[1:]}"
+    key = override.partition("=")[0]
+    return f"{override}: {key} takes {WANTED[kind].format(key=key)}"
 
 
 def unknown_key_message(key: str, overrides: list[str]) -> str:

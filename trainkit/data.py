@@ -493,12 +493,12 @@ def select(cfg: DictConfig, arrays: Arrays) -> Arrays:
     return (*keep_classes(train_x, train_y, classes), *keep_classes(test_x, test_y, classes))
 
 
-def check(cfg: DictConfig) -> None:
+def check(cfg: DictConfig) -> int:
     """Everything `load` would refuse (files, sizes, labels, splits), before a run starts;
-    the arrays read are kept for that run."""
+    the arrays read are kept for that run. Returns the number of training samples."""
     _, arrays = read(cfg, keep=True)
     _, train_y, _, test_y = select(cfg, arrays)
-    plan(cfg, train_y, test_y)
+    return len(plan(cfg, train_y, test_y).train_idx)
 
 
 def load(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> Data:
