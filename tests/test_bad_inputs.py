@@ -85,6 +85,8 @@ def more_bad_inputs(cwd: Path, fmnist_slice: Path) -> list[tuple[list[str], str]
         (["lr-find", "lr=-1"], "lr=-1.0: the learning rate must be > 0"),
         (["init-report", "schemes=bogus"], "schemes: bogus unknown"),
         (["evaluate", f"ckpt={cwd / 'a_file'}"], "is not a trainkit checkpoint or is damaged"),
+        (["evaluate", "ckpt="], "evaluate needs ckpt=<run dir or checkpoint .pt>, e.g. "),
+        (["--epochs", "3"], "--epochs: not an option; trainkit's settings are overrides"),
         ([f"resume={cwd / 'other' / 'diverged'}"],
          "failed (the loss became NaN/Inf at step 4 (lr 10)) and would fail again the same way"),
         (["compare", str(cwd), "foo=1"], "foo=: compare takes a sweep dir and rank_by="),
@@ -117,6 +119,8 @@ def test_each_bad_input_gets_one_line_an_exit_code_and_damages_nothing(
         assert "Traceback" not in err
         assert fingerprint(run_dir) == before, args  # the earlier run is untouched
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+    # The commands that failed left no folder behind (each held only its lock)
+    assert sorted(p.name for p in (workdir / "outputs").iterdir()) == [run_dir.parent.name]
 
 
 def test_debug_flag_adds_the_traceback(

@@ -393,8 +393,14 @@ def run_subcommand(name: str, args: list[str]) -> int:
     default = Path("outputs") / name / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     try:
         out_dir = run_dirs.claim(Path(named[-1]) if named else default, named=bool(named))
+    except UserError as e:
+        report(f"trainkit {name}", e)
+        return 2
+    try:
         load(COMMANDS[name].target)(cfg, out_dir, **kwargs)
     except UserError as e:
+        if not named:  # a folder the user named stays, as it was
+            run_dirs.give_back(out_dir, root=Path("outputs"))
         report(f"trainkit {name}", e)
         return 2
     return 0

@@ -35,8 +35,9 @@ def evaluate_checkpoint(
     cfg: DictConfig, out_dir: Path, ckpt: list[str] | None = None,
     split: list[str] | None = None, weights: list[str] | None = None,
 ) -> dict:
-    if not ckpt:
-        raise UserError("evaluate needs ckpt=<run dir or checkpoint .pt>")
+    if not ckpt or not ckpt[0]:
+        raise UserError("evaluate needs ckpt=<run dir or checkpoint .pt>, e.g. "
+                        "ckpt=outputs/<date>/<time>")
     which = (split or ["test"])[0]
     if which not in ("test", "val"):
         raise UserError(f"split={which}: choose test or val")

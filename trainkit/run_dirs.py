@@ -153,3 +153,20 @@ def release_one(folder: Path) -> None:
             with contextlib.suppress(OSError):
                 os.close(_held.pop(i))
             claimed.pop(i)
+
+
+def give_back(folder: Path, root: Path) -> None:
+    """Let go of `folder` after a job that failed before writing anything: a folder holding only
+    its lock is removed, with the parents below `root` that this leaves empty (the date
+    folder, the command's), so that a failed command leaves no empty output folder behind."""
+    release_one(folder)
+    if [p.name for p in folder.iterdir()] != [LOCK]:
+        return
+    (folder / LOCK).unlink()
+    for empty in (folder, *folder.parents):
+        if empty == root or not empty.is_relative_to(root):
+            break
+        try:
+            empty.rmdir()
+        except OSError:  # not empty: other runs of that day
+            break
